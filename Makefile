@@ -1,0 +1,44 @@
+# Two commands on a fresh clone: `make demo` and `make test`. Each sets up .venv itself.
+# TORCH is the torch requirement. On machines that carry the CPU wheel torch 2.13.0 in
+# /opt/wheels we take it (a plain `torch` would pull a multi-GB CUDA build there);
+# elsewhere plain `torch` (override: make test TORCH='torch==2.5.1').
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= $(shell ls /opt/wheels/torch-2.13.0* >/dev/null 2>&1 && echo torch==2.13.0 || echo torch)
+DEMO_OUT ?= runs/demo
+PYTEST_ARGS ?=
+
+BIN = $(VENV)/bin
+
+.PHONY: demo test venv venv-test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip >/dev/null
+
+$(VENV)/.stamp-run: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install "$(TORCH)"
+	$(BIN)/python -m pip install -e .
+	touch $@
+
+$(VENV)/.stamp-test: pyproject.toml $(VENV)/.stamp-run
+	$(BIN)/python -m pip install -e ".[test]"
+	touch $@
+
+venv: $(VENV)/.stamp-run
+venv-test: $(VENV)/.stamp-test
+
+demo: $(VENV)/.stamp-run
+	$(BIN)/scoredyn study all --quick --out $(DEMO_OUT)
+
+test: $(VENV)/.stamp-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.stamp-run
+	$(BIN)/python bench/analytic.py
+	$(BIN)/python bench/samplers.py
+	$(BIN)/python bench/metrics.py
+	$(BIN)/python bench/train.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

@@ -1,0 +1,96 @@
+"""Input validation shared by every module: one place that says what was wrong and what was expected."""
+
+from __future__ import annotations
+
+from typing import Callable, Union
+
+import torch
+from torch import Tensor
+
+SigmaLike = Union[float, int, Tensor]
+Denoiser = Callable[[Tensor, SigmaLike], Tensor]
+"""A denoiser ``D(x, sigma) ~ E[x_0 | x_sigma = x]`` (DESIGN.md §2)."""
+
+
+def check_finite(name: str, t: Tensor) -> Tensor:
+    """Raise ``ValueError`` if ``t`` holds NaN or Inf; return ``t`` unchanged."""
+    if not isinstance(t, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.is_floating_point() or t.is_complex():
+        bad = ~torch.isfinite(t)
+        if bool(bad.any()):
+            n = int(bad.sum())
+            raise ValueError(
+                f"{name} contains {n} NaN/Inf value(s) out of {t.numel()}; expected finite values"
+            )
+    return t
+
+
+def check_data(name: str, data: Tensor, min_points: int = 1) -> Tensor:
+    """A training set ``(N, *shape)``: floating point, finite, at least ``min_points`` rows."""
+    if not isinstance(data, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape (N, *data_shape), got {type(data).__name__}")
+    if data.dim() < 2:
+        raise ValueError(f"{name} must have shape (N, *data_shape) with at least 2 dims, got shape {tuple(data.shape)}")
+    if data.shape[0] < min_points:
+        raise ValueError(f"{name} has {data.shape[0]} point(s); expected at least {min_points}")
+    if data[0].numel() == 0:
+        raise ValueError(f"{name} has empty points (shape {tuple(data.shape)}); expected a non-empty data shape")
+    if not data.is_floating_point():
+        raise ValueError(f"{name} must be floating point, got dtype {data.dtype}")
+    return check_finite(name, data)
+
+
+def check_query(x: Tensor, data_shape: tuple[int, ...], name: str = "x") -> Tensor:
+    """A batch of queries ``(B, *data_shape)`` matching the model's data shape, finite."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape (B, {', '.join(map(str, data_shape))}), got {type(x).__name__}")
+    if tuple(x.shape[1:]) != tuple(data_shape) or x.dim() != len(data_shape) + 1:
+        raise ValueError(
+            f"{name} has shape {tuple(x.shape)}; expected (B, {', '.join(map(str, data_shape))}) "
+            f"to match the data shape {tuple(data_shape)}"
+        )
+    return check_finite(name, x)
+
+
+def as_sigma(sigma: SigmaLike, batch: int, like: Tensor, name: str = "sigma", allow_zero: bool = False) -> Tensor:
+    """Turn a float, 0-d or ``(B,)`` sigma into a validated ``(B,)`` tensor on ``like``'s device and dtype."""
+    if isinstance(sigma, Tensor):
+        s = sigma.detach().to(device=like.device, dtype=like.dtype) if not sigma.requires_grad else sigma.to(like.device, like.dtype)
+        if s.dim() == 0:
+            s = s.expand(batch)
+        elif s.dim() == 1 and s.shape[0] == batch:
+            pass
+        elif s.dim() == 1 and s.shape[0] == 1:
+            s = s.expand(batch)
+        else:
+            raise ValueError(f"{name} has shape {tuple(sigma.shape)}; expected a float, a 0-d tensor or shape ({batch},)")
+    else:
+        try:
+            val = float(sigma)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a float or a tensor, got {type(sigma).__name__}") from None
+        s = torch.full((batch,), val, device=like.device, dtype=like.dtype)
+    if not bool(torch.isfinite(s).all()):
+        raise ValueError(f"{name} contains NaN/Inf; expected finite noise levels")
+    if allow_zero:
+        if bool((s < 0).any()):
+            raise ValueError(f"{name} must be >= 0, got min {float(s.min()):.3g}")
+    elif bool((s <= 0).any()):
+        raise ValueError(f"{name} must be > 0, got min {float(s.min()):.3g}")
+    return s
+
+
+def check_positive(name: str, value: float, allow_zero: bool = False) -> float:
+    """A finite positive scalar (or non-negative with ``allow_zero``)."""
+    v = float(value)
+    if not (v == v) or v in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if (v < 0) if allow_zero else (v <= 0):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    return v
+
+
+def bcast(v: Tensor, x: Tensor) -> Tensor:
+    """Reshape a per-sample ``(B,)`` tensor to broadcast against ``x`` of shape ``(B, ...)``."""
+    return v.reshape(v.shape[0], *([1] * (x.dim() - 1)))
