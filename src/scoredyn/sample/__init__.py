@@ -1,1 +1,71 @@
-"""scoredyn.sample"""
+"""Samplers in sigma-space on a denoiser (DESIGN.md §4): fixed-grid ODE/SDE/Langevin samplers, the
+adaptive probability-flow ODE, the autonomous ODE, analytical teleportation and NCSNv2's schedule.
+
+Every sampler in :data:`SAMPLERS` has the signature
+``fn(denoiser, x, sigmas, *, seeds=None, callback=None, progress=False, **options) -> Tensor``.
+"""
+
+from typing import Callable, Dict
+
+from torch import Tensor
+
+from .common import CountNFE, Run, SamplerDivergence, check_seeds, grid_values
+from .grids import (
+    max_pairwise_distance,
+    ncsn_gamma,
+    ncsn_overlap,
+    ncsn_schedule,
+    ncsn_step_lr,
+    ncsn_variance_ratio,
+    sigmas_geometric,
+    sigmas_karras,
+    sigmas_loglinear,
+)
+from .noise import noise
+from .ode import autonomous, nearest_distance, ode_adaptive, ode_adaptive_sampler, unconditional_ode
+from .solvers import annealed_langevin, dpmpp_2m, euler, euler_maruyama, heun, unipc
+from .teleport import teleport, with_teleport
+
+SAMPLERS: Dict[str, Callable[..., Tensor]] = {
+    "euler": euler,
+    "heun": heun,
+    "dpmpp_2m": dpmpp_2m,
+    "unipc": unipc,
+    "euler_maruyama": euler_maruyama,
+    "annealed_langevin": annealed_langevin,
+    "ode_adaptive": ode_adaptive_sampler,
+    "unconditional_ode": unconditional_ode,
+}
+"""Name -> sampler with the shared signature (used by ``scoredyn sample --sampler NAME``)."""
+
+__all__ = [
+    "SAMPLERS",
+    "CountNFE",
+    "Run",
+    "SamplerDivergence",
+    "annealed_langevin",
+    "autonomous",
+    "check_seeds",
+    "dpmpp_2m",
+    "euler",
+    "euler_maruyama",
+    "grid_values",
+    "heun",
+    "max_pairwise_distance",
+    "ncsn_gamma",
+    "ncsn_overlap",
+    "ncsn_schedule",
+    "ncsn_step_lr",
+    "ncsn_variance_ratio",
+    "nearest_distance",
+    "noise",
+    "ode_adaptive",
+    "ode_adaptive_sampler",
+    "sigmas_geometric",
+    "sigmas_karras",
+    "sigmas_loglinear",
+    "teleport",
+    "unconditional_ode",
+    "unipc",
+    "with_teleport",
+]

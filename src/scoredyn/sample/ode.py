@@ -1,0 +1,261 @@
+"""Adaptive probability-flow ODE, the autonomous ODE ``dx/dtau = f(x)``, and Zhou et al.'s sampler
+for noise-unconditional models.
+
+Adaptive solves use Dormand-Prince 5(4) (``dopri5``) from torchdiffeq. Its error norm is the RMS
+over the whole batch, so adaptive step sizes (and results, to within the tolerance) depend on
+which samples share a batch; fixed-step methods do not.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Callable, Optional, Union
+
+import torch
+from torch import Tensor
+
+from .._checks import Denoiser, bcast, check_data, check_positive
+from .common import Callback, GridLike, Run, SamplerDivergence, Seeds, check_state, progress_range
+
+Field = Callable[[Tensor], Tensor]
+
+
+def _tolerances(rtol: Optional[float], atol: Optional[float], default: float = 1e-5) -> tuple[float, float]:
+    r = check_positive("rtol", default if rtol is None else rtol)
+    a = check_positive("atol", default if atol is None else atol)
+    return r, a
+
+
+def _odeint(func: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tensor, rtol: float, atol: float) -> Tensor:
+    """torchdiffeq dopri5, made to step exactly onto the last time instead of past it and interpolating."""
+    from torchdiffeq import odeint
+
+    return odeint(func, x, t, rtol=rtol, atol=atol, method="dopri5", options=dict(step_t=t[-1:]))
+
+
+def ode_adaptive(
+    denoiser: Denoiser, x: Tensor, sigma_max: float, sigma_min: float, *,
+    rtol: float = 1e-5, atol: float = 1e-5,
+) -> tuple[Tensor, int]:
+    """Probability-flow ODE ``dx/dsigma = (x - D(x, sigma))/sigma`` from ``sigma_max`` down to
+    ``sigma_min > 0`` with Dormand-Prince (torchdiffeq ``dopri5``); returns ``(x, nfe)``.
+
+    ``nfe`` counts every denoiser evaluation, including the initial step-size probe and the
+    stages of rejected steps. Time is float64 (EDM keeps its time steps in float64).
+    """
+    x = check_state(x)
+    hi = check_positive("sigma_max", sigma_max)
+    lo = check_positive("sigma_min", sigma_min, allow_zero=True)
+    if lo == 0:
+        raise ValueError(
+            "sigma_min must be > 0 for ode_adaptive (the ODE is singular at 0); integrate to a small sigma "
+            "and denoise, or use the registry sampler SAMPLERS['ode_adaptive'] on a grid ending in 0"
+        )
+    if not lo <= hi:
+        raise ValueError(f"sigma_min ({lo:.6g}) must not exceed sigma_max ({hi:.6g})")
+    rtol, atol = _tolerances(rtol, atol)
+    if lo == hi:
+        return x, 0
+    nfe = 0
+    batch = x.shape[0]
+
+    def velocity(t: Tensor, y: Tensor) -> Tensor:
+        nonlocal nfe
+        nfe += 1
+        # Steps end exactly at sigma_min; only dopri5's initial step-size probe can look past it.
+        s = t.clamp(min=lo).to(y.dtype)
+        v = (y - denoiser(y, s.expand(batch))) / s
+        if not bool(torch.isfinite(v).all()):  # adaptive stepping syncs every step anyway
+            raise SamplerDivergence(
+                f"ode_adaptive: non-finite derivative at sigma {float(t):.6g} (integrating {hi:.6g} -> {lo:.6g}); "
+                f"the denoiser returned NaN/Inf there"
+            )
+        return v
+
+    t = torch.tensor([hi, lo], dtype=torch.float64, device=x.device)
+    out = _odeint(velocity, x, t, rtol, atol)[-1]
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"ode_adaptive: non-finite result integrating from sigma {hi:.6g} to {lo:.6g}")
+    return out, nfe
+
+
+def ode_adaptive_sampler(
+    denoiser: Denoiser, x: Tensor, sigmas: GridLike, *, seeds: Seeds = None,
+    callback: Optional[Callback] = None, progress: bool = False, rtol: float = 1e-5, atol: float = 1e-5,
+) -> Tensor:
+    """Adaptive Dormand-Prince on the probability-flow ODE from ``sigmas[0]`` to the last positive level,
+    then ``D`` when the grid ends in 0 (the registry form of :func:`ode_adaptive`)."""
+    run = Run("ode_adaptive", denoiser, x, sigmas, seeds, callback, progress)
+    sig = run.sigmas
+    last = sig[-2] if sig[-1] == 0 else sig[-1]
+    x, _ = ode_adaptive(denoiser, x, sig[0], last, rtol=rtol, atol=atol)
+    if sig[-1] == 0:
+        d = run.denoise(x, last)
+        run.emit(run.n_steps - 1, x, d)
+        x = d
+        run.guard(run.n_steps - 1, x, last, 0.0)
+    return run.finish(x)
+
+
+# --------------------------------------------------------------------------- autonomous ODE
+
+
+def as_field(field: Any) -> Field:
+    """``field.field`` when the model has one (multiplicative/unconditional models), else ``field`` itself,
+    which must take one argument (a denoiser ``D(x, sigma)`` without ``.field`` is refused)."""
+    f = getattr(field, "field", field)
+    if not callable(f):
+        raise ValueError(f"field must be callable as f(x) or have a .field(x) method, got {type(field).__name__}")
+    try:
+        params = inspect.signature(f.forward if isinstance(f, torch.nn.Module) else f).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature: trust the caller
+        return f
+    required = [p for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(required) > 1:
+        raise ValueError(
+            f"expected a sigma-free field f(x) or a model with .field(x); {type(field).__name__} takes "
+            f"{len(required)} arguments (a denoiser D(x, sigma)?): only multiplicative/unconditional models have a field"
+        )
+    return f
+
+
+def autonomous(
+    field: Any, x: Tensor, tau: Union[float, Tensor], *, n_steps: Optional[int] = None,
+    rtol: Optional[float] = None, atol: Optional[float] = None, method: Optional[str] = None,
+    record: bool = False, callback: Optional[Callback] = None, progress: bool = False,
+) -> Union[Tensor, tuple[Tensor, Tensor]]:
+    """Integrate the autonomous ODE ``dx/dtau = f(x)`` (Kim 2026, §4.1.2) from 0 to ``tau``.
+
+    ``field`` is ``f`` or a model with ``.field`` (``NoiseAgnostic``, multiplicative/unconditional
+    nets). ``tau`` is a float, or a 1-D increasing tensor of times (the first is the start).
+
+    * ``method="euler"`` or ``"rk4"`` (classical 4th-order Runge-Kutta): fixed steps, ``n_steps``
+      uniform steps on ``[0, tau]`` or the given time grid.
+    * ``method="dopri5"``: adaptive Dormand-Prince with ``rtol``/``atol`` (default 1e-5).
+
+    Default method: ``"euler"`` if ``n_steps`` is given or ``tau`` is a grid and no tolerance is,
+    else ``"dopri5"``. With ``record=True`` returns ``(x, states)``, the states at every time of
+    the grid (``(len(times), *x.shape)``); ``callback`` gets ``i, tau, x`` after each fixed step.
+    """
+    f = as_field(field)
+    x = check_state(x)
+    times = _time_grid(tau, n_steps)
+    if method is None:
+        fixed = n_steps is not None or (isinstance(tau, Tensor) and rtol is None and atol is None)
+        method = "euler" if fixed else "dopri5"
+    if method not in ("euler", "rk4", "dopri5"):
+        raise ValueError(f"method must be 'euler', 'rk4' or 'dopri5', got {method!r}")
+    if method == "dopri5":
+        if n_steps is not None:
+            raise ValueError("n_steps is for the fixed-step methods; dopri5 chooses its own steps (give rtol/atol)")
+        r, a = _tolerances(rtol, atol)
+        if len(times) == 1:
+            return (x, x[None]) if record else x
+        t = torch.tensor(times, dtype=torch.float64, device=x.device)
+        states = _odeint(lambda _t, y: f(y), x, t, r, a)
+        out = states[-1]
+        if not bool(torch.isfinite(out).all()):
+            raise ValueError(f"autonomous: non-finite result integrating to tau = {times[-1]:.6g}")
+        return (out, states) if record else out
+    if rtol is not None or atol is not None:
+        raise ValueError(f"rtol/atol apply to method='dopri5', not to the fixed-step method {method!r}")
+    if len(times) == 2 and n_steps is None and not isinstance(tau, Tensor):
+        raise ValueError("fixed-step methods need n_steps (or a tensor grid of times for tau)")
+    states = [x] if record else []
+    for i in progress_range(len(times) - 1, progress, "autonomous"):
+        h = times[i + 1] - times[i]
+        x = _rk4_step(f, x, h) if method == "rk4" else x + f(x) * h
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"autonomous: non-finite values at step {i} (tau {times[i]:.6g} -> {times[i + 1]:.6g})")
+        if callback is not None:
+            callback(dict(i=i, tau=times[i + 1], x=x))
+        if record:
+            states.append(x)
+    return (x, torch.stack(states)) if record else x
+
+
+def _rk4_step(f: Field, x: Tensor, h: float) -> Tensor:
+    k1 = f(x)
+    k2 = f(x + k1 * (h / 2))
+    k3 = f(x + k2 * (h / 2))
+    k4 = f(x + k3 * h)
+    return x + (k1 + 2 * k2 + 2 * k3 + k4) * (h / 6)
+
+
+def _time_grid(tau: Union[float, Tensor], n_steps: Optional[int]) -> list[float]:
+    if isinstance(tau, Tensor) and tau.dim() == 1:
+        if n_steps is not None:
+            raise ValueError("give either n_steps with a float tau, or a tensor grid of times, not both")
+        times = [float(t) for t in tau.detach().to("cpu", torch.float64).tolist()]
+        if len(times) < 2:
+            raise ValueError(f"tau grid has {len(times)} time(s); expected at least 2 increasing times")
+        if not all(math.isfinite(t) for t in times) or any(b <= a for a, b in zip(times, times[1:])):
+            raise ValueError("tau grid must be finite and strictly increasing")
+        return times
+    total = check_positive("tau", float(tau), allow_zero=True)
+    if total == 0:
+        return [0.0]
+    if n_steps is None:
+        return [0.0, total]
+    if isinstance(n_steps, bool) or int(n_steps) != n_steps or int(n_steps) < 1:
+        raise ValueError(f"n_steps must be an integer >= 1, got {n_steps!r}")
+    n = int(n_steps)
+    return [total * k / n for k in range(n)] + [total]
+
+
+# --------------------------------------------------------------------------- noise-unconditional models
+
+
+def nearest_distance(x: Tensor, data: Tensor, chunk_size: int = 4096) -> Tensor:
+    """``min_j |x_b - data_j|`` per query ``(B,)``, streamed over chunks of ``data`` (float64 distances)."""
+    xf = x.reshape(x.shape[0], -1).to(torch.float64)
+    best = torch.full((x.shape[0],), math.inf, dtype=torch.float64, device=x.device)
+    flat = data.reshape(data.shape[0], -1)
+    for a in range(0, flat.shape[0], chunk_size):
+        blk = flat[a : a + chunk_size].to(device=x.device, dtype=torch.float64)
+        d2 = (xf * xf).sum(1, keepdim=True) - 2.0 * xf @ blk.T + (blk * blk).sum(1)[None]
+        best = torch.minimum(best, d2.amin(1))
+    return best.clamp_min(0).sqrt().to(x.dtype)
+
+
+def unconditional_ode(
+    model: Any, x: Tensor, sigmas: GridLike, *, seeds: Seeds = None,
+    callback: Optional[Callback] = None, progress: bool = False, data: Optional[Tensor] = None,
+) -> Tensor:
+    """Probability-flow Euler for a noise-unconditional score ``f(x)`` with steps sized by the model's own
+    noise estimate, after Zhou, Zhang & Wright 2026 (arXiv:2601.19285), Noise Unconditioning.
+
+    ``model`` is the score field ``f`` (a callable ``f(x)``) or a model with ``.field``. Plain
+    Euler on ``dx/dsigma = -sigma f(x)`` steps by ``(sigma_i - sigma_(i+1)) sigma_i f(x)``; once the
+    state is cleaner than the schedule says (the model acts at a smaller ``sigma_hat``) that step
+    overshoots by ``sigma_i / sigma_hat``. Here each sample estimates its own level,
+    ``sigma_hat = sqrt(d) / |f(x)|`` (the score norm of isotropic noise, ``|s| ~ sqrt(d)/sigma``),
+    or ``min_j |x - x_j| / sqrt(d)`` when the training ``data`` are given, capped at ``sigma_i``,
+    and takes the exact Euler/DDIM step from ``sigma_hat`` to ``sigma_(i+1)``:
+    ``x <- x + (1 - r) sigma_hat^2 f(x)``, ``r = min(sigma_(i+1) / sigma_hat, 1)``; to 0 this is
+    the denoised estimate ``x + sigma_hat^2 f(x)``. One field evaluation per step.
+    """
+    f = as_field(model)
+    run = Run("unconditional_ode", lambda y, s: y, x, sigmas, seeds, callback, progress)
+    if data is not None:
+        data = check_data("data", data)
+        if tuple(data.shape[1:]) != tuple(x.shape[1:]):
+            raise ValueError(f"data has point shape {tuple(data.shape[1:])}; expected {tuple(x.shape[1:])} like x")
+    sig = run.sigmas
+    root_d = math.sqrt(x[0].numel())
+    for i in run.steps():
+        s, s_next = sig[i], sig[i + 1]
+        score = f(x)
+        if data is None:
+            norm = score.reshape(score.shape[0], -1).norm(dim=1)
+            s_hat = root_d / norm
+        else:
+            s_hat = nearest_distance(x, data) / root_d
+        s_hat = s_hat.clamp(max=s)
+        r = (s_next / s_hat).clamp(max=1.0)
+        denoised = x + score * bcast(s_hat * s_hat, x)
+        run.emit(i, x, denoised, sigma_hat=s_hat)
+        x = x + score * bcast((1.0 - r) * s_hat * s_hat, x)
+        run.guard(i, x, s, s_next)
+    return run.finish(x)

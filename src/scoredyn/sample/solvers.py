@@ -1,0 +1,232 @@
+"""Fixed-grid samplers in sigma-space on a denoiser ``D(x, sigma)`` (VE, DESIGN.md §2 and §4).
+
+Shared signature ``fn(denoiser, x, sigmas, *, seeds=None, callback=None, progress=False, **options)``:
+``x`` is the state at ``sigmas[0]``; ``sigmas`` is strictly descending and may end in 0, in which
+case the last step returns the denoised value (the Euler step to 0, as k-diffusion and EDM do).
+The probability-flow ODE is ``dx/dsigma = (x - D(x, sigma)) / sigma`` (Karras et al. 2022, Eq. 1 with
+sigma(t) = t and the score (D - x)/sigma^2 of Eq. 3).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .._checks import Denoiser, check_positive
+from .common import Callback, GridLike, Run, Seeds
+from .grids import grid_ratio, ncsn_step_lr
+
+
+def euler(
+    denoiser: Denoiser, x: Tensor, sigmas: GridLike, *, seeds: Seeds = None,
+    callback: Optional[Callback] = None, progress: bool = False,
+) -> Tensor:
+    """Euler's method on the probability-flow ODE (Song et al. 2021; Karras et al. 2022, Eq. 1)."""
+    run = Run("euler", denoiser, x, sigmas, seeds, callback, progress)
+    sig = run.sigmas
+    for i in run.steps():
+        d = run.denoise(x, sig[i])
+        run.emit(i, x, d)
+        x = d if sig[i + 1] == 0 else x + (x - d) * ((sig[i + 1] - sig[i]) / sig[i])
+        run.guard(i, x, sig[i], sig[i + 1])
+    return run.finish(x)
+
+
+def heun(
+    denoiser: Denoiser, x: Tensor, sigmas: GridLike, *, seeds: Seeds = None,
+    callback: Optional[Callback] = None, progress: bool = False,
+    s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
+) -> Tensor:
+    """Heun's 2nd-order sampler with optional churn, Karras et al. 2022 (EDM) Algorithm 2."""
+    run = Run("heun", denoiser, x, sigmas, seeds, callback, progress)
+    sig, n = run.sigmas, run.n_steps
+    s_churn = check_positive("s_churn", s_churn, allow_zero=True)
+    s_noise = check_positive("s_noise", s_noise, allow_zero=True)
+    for i in run.steps():
+        s, s_next = sig[i], sig[i + 1]
+        gamma = min(s_churn / n, math.sqrt(2.0) - 1.0) if s_tmin <= s <= s_tmax else 0.0
+        s_hat = s * (1.0 + gamma)
+        if gamma > 0:
+            x = x + run.noise(x, i) * (s_noise * math.sqrt(s_hat**2 - s**2))
+        d_hat = run.denoise(x, s_hat)
+        run.emit(i, x, d_hat, sigma_hat=s_hat)
+        if s_next == 0:
+            x_next = d_hat
+        else:
+            slope = (x - d_hat) / s_hat
+            x_euler = x + slope * (s_next - s_hat)
+            slope_next = (x_euler - run.denoise(x_euler, s_next)) / s_next
+            x_next = x + (slope + slope_next) * (0.5 * (s_next - s_hat))
+        x = x_next
+        run.guard(i, x, s_hat, s_next)
+    return run.finish(x)
+
+
+def dpmpp_2m(
+    denoiser: Denoiser, x: Tensor, sigmas: GridLike, *, seeds: Seeds = None,
+    callback: Optional[Callback] = None, progress: bool = False,
+) -> Tensor:
+    """DPM-Solver++(2M), Lu et al. 2022 (arXiv:2211.01095) Alg. 2, in sigma-space as in k-diffusion."""
+    run = Run("dpmpp_2m", denoiser, x, sigmas, seeds, callback, progress)
+    sig = run.sigmas
+    old: Optional[Tensor] = None
+    for i in run.steps():
+        s, s_next = sig[i], sig[i + 1]
+        d = run.denoise(x, s)
+        run.emit(i, x, d)
+        if s_next == 0:
+            x = d
+        else:
+            h = math.log(s / s_next)  # t = -log sigma; h = t_next - t
+            d_2 = d
+            if old is not None:
+                r = math.log(sig[i - 1] / s) / h  # h_last / h
+                d_2 = d * (1.0 + 0.5 / r) - old * (0.5 / r)
+            x = x * (s_next / s) - d_2 * math.expm1(-h)
+        old = d
+        run.guard(i, x, s, s_next)
+    return run.finish(x)
+
+
+def euler_maruyama(
+    denoiser: Denoiser, x: Tensor, sigmas: GridLike, *, seeds: Seeds = None,
+    callback: Optional[Callback] = None, progress: bool = False,
+) -> Tensor:
+    """Euler-Maruyama on the reverse VE SDE ``dx = -2 sigma s dsigma + sqrt(2 sigma) dW`` (Song et al. 2021)."""
+    run = Run("euler_maruyama", denoiser, x, sigmas, seeds, callback, progress)
+    sig = run.sigmas
+    for i in run.steps():
+        s, s_next = sig[i], sig[i + 1]
+        d = run.denoise(x, s)
+        run.emit(i, x, d)
+        if s_next == 0:
+            x = d
+        else:
+            var = s * s - s_next * s_next
+            x = x + (d - x) * (var / (s * s)) + run.noise(x, i) * math.sqrt(var)
+        run.guard(i, x, s, s_next)
+    return run.finish(x)
+
+
+def annealed_langevin(
+    denoiser: Denoiser, x: Tensor, sigmas: GridLike, *, seeds: Seeds = None,
+    callback: Optional[Callback] = None, progress: bool = False,
+    n_steps_each: int = 5, step_lr: Optional[float] = None, denoise: bool = True, noise: bool = True,
+) -> Tensor:
+    """Annealed Langevin dynamics, Song & Ermon 2020 (NCSNv2) Algorithm 1, with its final denoising step."""
+    run = Run("annealed_langevin", denoiser, x, sigmas, seeds, callback, progress, allow_zero=False)
+    sig = run.sigmas
+    t = int(n_steps_each)
+    if t != n_steps_each or t < 1:
+        raise ValueError(f"n_steps_each must be an integer >= 1, got {n_steps_each!r}")
+    eps = ncsn_step_lr(t, sig[-1], grid_ratio(sig)) if step_lr is None else check_positive("step_lr", step_lr)
+    s_last = sig[-1]
+    steps = run.steps(len(sig) * t)
+    for k in steps:
+        level = k // t
+        s = sig[level]
+        alpha = eps * (s / s_last) ** 2
+        d = run.denoise(x, s)
+        run.emit(k, x, d, sigma=s, sigma_next=s, level=level, step_size=alpha)
+        x = x + (d - x) * (alpha / (s * s))
+        if noise:
+            x = x + run.noise(x, k) * math.sqrt(2.0 * alpha)
+        run.guard(k, x, s, s)
+    if denoise:
+        d = run.denoise(x, s_last)  # x + sigma_L^2 s(x, sigma_L)
+        run.emit(len(sig) * t, x, d, sigma=s_last, sigma_next=0.0, level=len(sig) - 1, step_size=s_last**2)
+        x = d
+        run.guard(len(sig) * t, x, s_last, 0.0)
+    return run.finish(x)
+
+
+# --------------------------------------------------------------------------- UniPC
+
+
+def _unipc_coefficients(rks: list[float], hh: float, variant: str) -> tuple[float, list[list[float]], list[float]]:
+    """``B(h)``, ``R`` (``R[k][j] = r_j^k``) and ``b`` (``b_k = hh phi_{k+2}(hh) (k+1)! / B(h)``) of UniPC
+    (Zhao et al. 2023, §3, as in the authors' implementation; data prediction, so ``hh = -h``), for the
+    ratios ``rks`` (last is 1). ``bh1``: ``B(h) = hh``; ``bh2``: ``B(h) = e^hh - 1``."""
+    b_h = hh if variant == "bh1" else math.expm1(hh)
+    h_phi = math.expm1(hh) / hh - 1.0  # hh * phi_2(hh)
+    fact = 1.0
+    rows, b = [], []
+    for k in range(1, len(rks) + 1):
+        rows.append([r ** (k - 1) for r in rks])
+        b.append(h_phi * fact / b_h)
+        fact *= k + 1
+        h_phi = h_phi / hh - 1.0 / fact
+    return b_h, rows, b
+
+
+def _solve(a: list[list[float]], b: list[float]) -> list[float]:
+    """Gaussian elimination with partial pivoting for the tiny (n <= 3) UniPC systems, in float64."""
+    n = len(b)
+    m = [list(row[:n]) + [b[i]] for i, row in enumerate(a[:n])]
+    for c in range(n):
+        p = max(range(c, n), key=lambda r: abs(m[r][c]))
+        m[c], m[p] = m[p], m[c]
+        for r in range(c + 1, n):
+            f = m[r][c] / m[c][c]
+            m[r] = [u - f * v for u, v in zip(m[r], m[c])]
+    out = [0.0] * n
+    for r in range(n - 1, -1, -1):
+        out[r] = (m[r][n] - sum(m[r][k] * out[k] for k in range(r + 1, n))) / m[r][r]
+    return out
+
+
+def unipc(
+    denoiser: Denoiser, x: Tensor, sigmas: GridLike, *, seeds: Seeds = None,
+    callback: Optional[Callback] = None, progress: bool = False,
+    order: int = 2, variant: str = "bh2", lower_order_final: bool = True,
+) -> Tensor:
+    """UniPC (UniP-p predictor + UniC corrector), Zhao et al. 2023 (arXiv:2302.04867), data prediction."""
+    run = Run("unipc", denoiser, x, sigmas, seeds, callback, progress)
+    if order not in (1, 2, 3):
+        raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+    if variant not in ("bh1", "bh2"):
+        raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
+    sig, n = run.sigmas, run.n_steps
+    # VE: alpha = 1, lambda = -log sigma; history of (lambda, D) at past grid points, newest last.
+    hist: list[tuple[float, Tensor]] = [(-math.log(sig[0]), run.denoise(x, sig[0]))]
+    for i in run.steps():
+        s, s_next = sig[i], sig[i + 1]
+        lam0, m0 = hist[-1]
+        run.emit(i, x, m0)
+        if s_next == 0:
+            x = m0
+            run.guard(i, x, s, s_next)
+            break
+        # warm-up from the history; lower_order_final (as the authors' code) lowers the last steps,
+        # the very last to first order without corrector, which caps the global order at 2
+        p = min(order, len(hist), n - i if lower_order_final else order)
+        lam_next = -math.log(s_next)
+        h = lam_next - lam0
+        rks = [(hist[-(k + 1)][0] - lam0) / h for k in range(1, p)] + [1.0]
+        diffs = [hist[-(k + 1)][1] - m0 for k in range(1, p)]  # D1_k = diffs[k-1] / rks[k-1]
+        b_h, r_mat, b = _unipc_coefficients(rks, -h, variant)
+        x_lin = torch.add(x * (s_next / s), m0, alpha=-math.expm1(-h))
+        if p == 1:
+            x_pred = x_lin
+        else:
+            rhos_p = [0.5] if p == 2 else _solve(r_mat, b[:-1])
+            x_pred = _combine(x_lin, [-b_h * r / rk for r, rk in zip(rhos_p, rks)], diffs)
+        if i == n - 1:  # no corrector after the last step
+            x = x_pred
+        else:
+            m_next = run.denoise(x_pred, s_next)
+            rhos_c = [0.5] if p == 1 else _solve(r_mat, b)
+            x = _combine(x_lin, [-b_h * r / rk for r, rk in zip(rhos_c, rks)], diffs + [m_next - m0])
+            hist = (hist + [(lam_next, m_next)])[-order:]
+        run.guard(i, x, s, s_next)
+    return run.finish(x)
+
+
+def _combine(base: Tensor, coefs: list[float], terms: list[Tensor]) -> Tensor:
+    """``base + sum_k coefs[k] * terms[k]`` with fused multiply-adds."""
+    for c, t in zip(coefs, terms):
+        base = torch.add(base, t, alpha=c)
+    return base
