@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Union
 
 import torch
@@ -41,8 +42,15 @@ def check_data(name: str, data: Tensor, min_points: int = 1) -> Tensor:
     return check_finite(name, data)
 
 
+def on_host(t: Tensor) -> bool:
+    """Whether value checks on ``t`` are free. Per-call checks (queries, sigma) skip tensors on an
+    accelerator: reading a flag back would sync the device on every sampler step. Construction-time
+    checks (training sets, parameters) always run; samplers check their outputs for NaN."""
+    return t.device.type == "cpu"
+
+
 def check_query(x: Tensor, data_shape: tuple[int, ...], name: str = "x") -> Tensor:
-    """A batch of queries ``(B, *data_shape)`` matching the model's data shape, finite."""
+    """A batch of queries ``(B, *data_shape)`` matching the model's data shape, finite (on the host)."""
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of shape (B, {', '.join(map(str, data_shape))}), got {type(x).__name__}")
     if tuple(x.shape[1:]) != tuple(data_shape) or x.dim() != len(data_shape) + 1:
@@ -50,7 +58,7 @@ def check_query(x: Tensor, data_shape: tuple[int, ...], name: str = "x") -> Tens
             f"{name} has shape {tuple(x.shape)}; expected (B, {', '.join(map(str, data_shape))}) "
             f"to match the data shape {tuple(data_shape)}"
         )
-    return check_finite(name, x)
+    return check_finite(name, x) if on_host(x) else x
 
 
 def as_sigma(sigma: SigmaLike, batch: int, like: Tensor, name: str = "sigma", allow_zero: bool = False) -> Tensor:
@@ -70,7 +78,13 @@ def as_sigma(sigma: SigmaLike, batch: int, like: Tensor, name: str = "sigma", al
             val = float(sigma)
         except (TypeError, ValueError):
             raise ValueError(f"{name} must be a float or a tensor, got {type(sigma).__name__}") from None
-        s = torch.full((batch,), val, device=like.device, dtype=like.dtype)
+        if not math.isfinite(val):
+            raise ValueError(f"{name} contains NaN/Inf; expected finite noise levels")
+        if val < 0 or (val == 0 and not allow_zero):
+            raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got min {val:.3g}")
+        return torch.full((batch,), val, device=like.device, dtype=like.dtype)
+    if not on_host(s):
+        return s
     if not bool(torch.isfinite(s).all()):
         raise ValueError(f"{name} contains NaN/Inf; expected finite noise levels")
     if allow_zero:
