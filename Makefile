@@ -39,6 +39,7 @@ bench: $(VENV)/.stamp-run
 	$(BIN)/python bench/samplers.py
 	$(BIN)/python bench/metrics.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/fixed_points.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
