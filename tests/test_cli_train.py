@@ -83,8 +83,8 @@ def test_train_and_sample_images_edm(tmp_path: Path) -> None:
     pic = tmp_path / "grid.png"
     assert main(["sample", str(run), "--steps", "3", "--n", "5", "--out", str(pic), "--no-progress"]) == 0
     img = Image.open(pic)
-    # a 3x2 grid of 8x8 digits with 2-pixel borders (32x22), upscaled 9x to reach >= 256 pixels
-    assert img.mode == "L" and img.size == (288, 198)
+    # a 3x2 grid of 8x8 digits enlarged 10x (256 // (3 * 8)) with 2-pixel borders: 3*82+2 by 2*82+2
+    assert img.mode == "L" and img.size == (248, 166)
     with np.load(tmp_path / "grid.npz", allow_pickle=False) as z:
         samples = z["samples"]
     assert samples.shape == (5, 1, 8, 8)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
@@ -22,6 +21,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from ._io import atomic_write
 from ._checks import check_finite
 from .dynamics.fixed_points import KINDS, FixedPoints
 
@@ -41,27 +41,10 @@ KIND_STYLE: dict[str, dict[str, Any]] = {
 
 
 # ---------------------------------------------------------------------------------------- files
-def _atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp)`` on a temp file beside ``path``, then ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".png")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def savefig(fig: Figure, path: PathLike, dpi: int = 120) -> Path:
     """Write ``fig`` to ``path`` atomically (format from the suffix, PNG when there is none)."""
     fmt = Path(path).suffix.lstrip(".") or "png"
-    return _atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight"))
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight"))
 
 
 def figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (5.0, 5.0)) -> tuple[Figure, Any]:
@@ -410,5 +393,25 @@ def image_grid(
 
         arr = out.numpy()
         pic = Image.fromarray(arr[:, :, 0] if c == 1 else arr)
-        _atomic_write(path, lambda tmp: pic.save(tmp, format="PNG"))
+        atomic_write(path, lambda tmp: pic.save(tmp, format="PNG"))
     return out
+
+
+def samples_picture(samples: Tensor, path: PathLike, title: Optional[str] = None) -> Path:
+    """Write samples as a picture: an image grid for ``(N, C, H, W)`` images (enlarged to at least
+    about 256 pixels), a scatter plot of the first two coordinates otherwise. Returns the path."""
+    if not isinstance(samples, Tensor):
+        samples = torch.as_tensor(samples)
+    if samples.dim() == 4:
+        n, _, h, w = samples.shape
+        nrow = math.ceil(math.sqrt(n))
+        scale = max(1, 256 // (nrow * max(h, w)))
+        image_grid(samples, path, nrow=nrow, scale=scale)
+        return Path(path)
+    pts = samples.reshape(samples.shape[0], -1)
+    if pts.shape[1] == 1:
+        pts = torch.cat([pts, torch.zeros_like(pts)], dim=1)
+    suffix = " (first two coordinates)" if pts.shape[1] > 2 else ""
+    fig = scatter(pts[:, :2], title=title or f"{len(pts)} samples{suffix}")
+    savefig(fig, path)
+    return Path(path)

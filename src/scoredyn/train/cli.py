@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
+
+from .._io import atomic_write
 
 from ..nets.precondition import CONDITIONINGS
 from .loss import WEIGHTINGS
@@ -174,50 +175,9 @@ def _grid(name: str, sampler: str, steps: int, sigma_min: float, sigma_max: floa
     return sigmas_karras(steps, sigma_min, sigma_max)
 
 
-def _atomic_save(path: Path, save: Callable[[Any], None]) -> None:
-    """Call ``save(file_object)`` on a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        save(fh)
-    os.replace(tmp, path)
-
-
-def _picture(samples: np.ndarray, path: Path) -> None:
-    fmt = (path.suffix.lstrip(".") or "png").lower()
-    if samples.ndim == 4:  # (N, C, H, W) in [-1, 1] -> a grid of images
-        from PIL import Image
-
-        n, c, h, w = samples.shape
-        cols = math.ceil(math.sqrt(n))
-        rows = math.ceil(n / cols)
-        grid = np.full((rows * (h + 2) + 2, cols * (w + 2) + 2, c), 0, dtype=np.uint8)
-        pix = np.clip(np.rint((samples + 1) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
-        for i in range(n):
-            r, q = divmod(i, cols)
-            grid[2 + r * (h + 2) : 2 + r * (h + 2) + h, 2 + q * (w + 2) : 2 + q * (w + 2) + w] = pix[i]
-        img = Image.fromarray(grid[..., 0] if c == 1 else grid)
-        if max(img.size) < 256:
-            scale = 256 // max(img.size) + 1
-            img = img.resize((img.size[0] * scale, img.size[1] * scale), Image.NEAREST)
-        _atomic_save(path, lambda fh: img.save(fh, format="JPEG" if fmt in ("jpg", "jpeg") else fmt.upper()))
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pts = samples.reshape(samples.shape[0], -1)
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.scatter(pts[:, 0], pts[:, 1] if pts.shape[1] > 1 else np.zeros(len(pts)), s=4, alpha=0.7)
-    ax.set_aspect("equal")
-    ax.set_title(f"{len(pts)} samples" + (" (first two coordinates)" if pts.shape[1] > 2 else ""))
-    _atomic_save(path, lambda fh: fig.savefig(fh, format=fmt, dpi=120, bbox_inches="tight"))
-    plt.close(fig)
-
-
 def sample_main(args: argparse.Namespace) -> int:
     """``scoredyn sample``."""
+    from ..plot import samples_picture
     from ..sample import SAMPLERS, noise
     from .checkpoint import load
     from .distributed import resolve_device
@@ -247,11 +207,11 @@ def sample_main(args: argparse.Namespace) -> int:
             out.append(fn(model, x, sigmas.to(dev), seeds=seeds, progress=not args.no_progress, **options).cpu())
     samples = torch.cat(out).numpy()
     pic = Path(args.out)
-    _picture(samples, pic)
+    samples_picture(torch.from_numpy(samples), pic)
     npz = pic.with_suffix(".npz")
     meta = json.dumps(dict(sampler=sampler, steps=args.steps, sigma_min=sigma_min, sigma_max=sigma_max,
                            options=options, run=str(args.run), weights=args.weights))
-    _atomic_save(npz, lambda fh: np.savez(fh, samples=samples, seeds=np.arange(args.seed, args.seed + args.n),
+    atomic_write(npz, lambda tmp: np.savez(tmp, samples=samples, seeds=np.arange(args.seed, args.seed + args.n),
                                           meta=np.array(meta)))
     print(f"wrote {len(samples)} samples to {pic} and {npz}")
     return 0
