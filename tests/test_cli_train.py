@@ -88,11 +88,12 @@ def test_train_and_sample_images_edm(tmp_path: Path) -> None:
     with np.load(tmp_path / "grid.npz", allow_pickle=False) as z:
         samples = z["samples"]
     assert samples.shape == (5, 1, 8, 8)
-    pix = np.asarray(img)[::9, ::9]
-    # sample i sits in row i // 3, column i % 3 at (2 + 10 row, 2 + 10 column); the sixth cell stays empty
-    assert (pix[2 + 10 : 2 + 10 + 8, 2 + 20 : 2 + 20 + 8] == 0).all()
-    expected = np.clip(np.rint((samples[4, 0] + 1) * 127.5), 0, 255)
-    np.testing.assert_array_equal(pix[2 + 10 : 2 + 10 + 8, 2 + 10 : 2 + 10 + 8], expected)
+    pix = np.asarray(img)
+    # sample i sits in row i // 3, column i % 3, its cell starting at 2 + 82 * (row, column); each pixel
+    # is a 10 x 10 block; the sixth cell stays at the padding value (white)
+    assert (pix[84 : 84 + 80, 166 : 166 + 80] == 255).all()
+    expected = np.clip(np.rint((samples[4, 0].astype(np.float64) + 1) * 127.5), 0, 255)
+    np.testing.assert_array_equal(pix[84 : 84 + 80 : 10, 84 : 84 + 80 : 10], expected)
 
 
 def test_cli_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
