@@ -1,22 +1,11 @@
 """Analytical denoisers (DESIGN.md §3): empirical, temperature-smoothed, noise-agnostic optima,
-Gaussian (with closed-form teleportation) and Gaussian mixtures."""
+Gaussian (with closed-form teleportation) and Gaussian mixtures. Each is a denoiser ``D(x, sigma)``
+with ``.score(x, sigma)`` that follows the dtype and device of its data."""
 
 from .base import AnalyticDenoiser
+from .empirical import Empirical
+from .gaussian import Gaussian
+from .mixture import GaussianMixture
+from .noise_agnostic import NoiseAgnostic
 
-# TODO(integration): make these imports unconditional once every module has landed.
-try:
-    from .empirical import Empirical
-except ImportError:  # pragma: no cover
-    pass
-try:
-    from .noise_agnostic import NoiseAgnostic
-except ImportError:  # pragma: no cover
-    pass
-try:
-    from .gaussian import Gaussian
-except ImportError:  # pragma: no cover
-    pass
-try:
-    from .mixture import GaussianMixture
-except ImportError:  # pragma: no cover
-    pass
+__all__ = ["AnalyticDenoiser", "Empirical", "Gaussian", "GaussianMixture", "NoiseAgnostic"]
