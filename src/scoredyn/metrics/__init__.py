@@ -1,1 +1,37 @@
-"""scoredyn.metrics"""
+"""Measures of memorization, sample quality and score agreement (DESIGN.md §5).
+
+* :func:`memorization`: copies by the ``d(NN1)/d(NN2) < 1/3`` rule (Gu et al. 2023) and the
+  fraction within ``k * sigma_min`` of a training point (Kim 2026, Thm 4.4); exact chunked k-NN.
+* :func:`sliced_wasserstein`, :func:`mmd`, :func:`energy_distance`, :func:`precision_recall`.
+* :func:`fid`, :func:`kid` on :func:`features` of a project classifier ("digits", "mnist") or a
+  user-supplied Inception TorchScript file (see :data:`FEATURE_NOTE`).
+* :func:`unexplained_variance`: Wang & Vastola's fraction of a reference score not explained by a model.
+"""
+
+from .distances import MMD_BANDWIDTH_NOTE, PrecisionRecall, energy_distance, mmd, precision_recall, sliced_wasserstein
+from .features import FEATURE_NOTE, feature_net_info, features, load_feature_net
+from .fid import fid, frechet_distance, gaussian_moments, kid
+from .knn import knn
+from .memorization import COPY_RATIO, memorization
+from .score_agreement import unexplained_variance
+
+__all__ = [
+    "COPY_RATIO",
+    "FEATURE_NOTE",
+    "MMD_BANDWIDTH_NOTE",
+    "PrecisionRecall",
+    "energy_distance",
+    "feature_net_info",
+    "features",
+    "fid",
+    "frechet_distance",
+    "gaussian_moments",
+    "kid",
+    "knn",
+    "load_feature_net",
+    "memorization",
+    "mmd",
+    "precision_recall",
+    "sliced_wasserstein",
+    "unexplained_variance",
+]
