@@ -19,6 +19,7 @@ from .grids import (
     ncsn_variance_ratio,
     sigmas_geometric,
     sigmas_karras,
+    sigmas_for,
     sigmas_loglinear,
 )
 from .noise import noise
@@ -61,6 +62,7 @@ __all__ = [
     "noise",
     "ode_adaptive",
     "ode_adaptive_sampler",
+    "sigmas_for",
     "sigmas_geometric",
     "sigmas_karras",
     "sigmas_loglinear",

@@ -198,3 +198,15 @@ def grid_ratio(sigmas: list[float]) -> Optional[float]:
     if len(sigmas) < 2:
         return None
     return (sigmas[0] / sigmas[-1]) ** (1.0 / (len(sigmas) - 1))
+
+
+def sigmas_for(sampler: str, n: int, sigma_min: float, sigma_max: float, kind: str = "auto") -> Tensor:
+    """The grid a sampler expects: NCSN's geometric levels for ``annealed_langevin`` (no trailing 0),
+    the Karras grid (with its trailing 0) otherwise; ``kind`` ("karras" | "geometric") overrides."""
+    if kind == "auto":
+        kind = "geometric" if sampler == "annealed_langevin" else "karras"
+    if kind == "geometric":
+        return sigmas_geometric(n, sigma_max, sigma_min)
+    if kind == "karras":
+        return sigmas_karras(n, sigma_min, sigma_max)
+    raise ValueError(f"unknown grid kind {kind!r}; expected 'auto', 'karras' or 'geometric'")

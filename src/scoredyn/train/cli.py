@@ -165,20 +165,11 @@ def train_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _grid(name: str, sampler: str, steps: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
-    from ..sample import sigmas_geometric, sigmas_karras
-
-    if name == _AUTO:
-        name = "geometric" if sampler == "annealed_langevin" else "karras"
-    if name == "geometric":
-        return sigmas_geometric(steps, sigma_max, sigma_min)
-    return sigmas_karras(steps, sigma_min, sigma_max)
-
-
 def sample_main(args: argparse.Namespace) -> int:
     """``scoredyn sample``."""
     from ..plot import samples_picture
     from ..sample import SAMPLERS, noise
+    from ..sample.grids import sigmas_for
     from .checkpoint import load
     from .distributed import resolve_device
 
@@ -193,7 +184,7 @@ def sample_main(args: argparse.Namespace) -> int:
     sd = cfg["train"]["sigma_dist"]
     sigma_min = args.sigma_min if args.sigma_min is not None else sd["sigma_min"]
     sigma_max = args.sigma_max if args.sigma_max is not None else sd["sigma_max"]
-    sigmas = _grid(args.grid, sampler, args.steps, sigma_min, sigma_max)
+    sigmas = sigmas_for(sampler, args.steps, sigma_min, sigma_max, kind=args.grid)
     options = dict(args.opt)
     if sampler == "unconditional_ode" and "data" in options:
         raise ValueError("the data option of unconditional_ode cannot be given on the command line")
