@@ -44,8 +44,9 @@ def test_digits_features_shapes_and_determinism() -> None:
     assert torch.equal(f, features(x, "digits")), "features are not deterministic"
     assert torch.equal(f, features(x[:, 0], "digits")) and torch.equal(f, features(x.reshape(len(x), 64), "digits"))
     small = features(x, "digits", batch_size=7)
-    err = float((small - f).abs().max())
-    assert err < 1e-5, f"features depend on the batch size: max difference {err:.3g}"
+    # only float32 summation order may differ with the batch (BLAS blocking, thread count)
+    err = float((small - f).abs().max() / f.abs().max())
+    assert err < 1e-6, f"features depend on the batch size: max relative difference {err:.3g}"
     assert bool((f >= 0).all()), "penultimate features are post-ReLU"
     assert torch.equal(features(x.double(), "digits"), f)
 

@@ -27,6 +27,7 @@ such weights are below ``1e-38`` relative to the largest and do not change any s
 from __future__ import annotations
 
 import math
+import mmap
 from typing import Callable, Iterable, Iterator, NamedTuple, Optional
 
 import numpy as np
@@ -185,6 +186,25 @@ def stream_topk(x: Tensor, scale: Tensor, blocks: Iterable[Tensor], k: int) -> t
     return vals, idx
 
 
+def release_pages(view: np.ndarray) -> None:
+    """Drop a chunk of a ``numpy.memmap`` that has been read from this process's resident set.
+
+    Pages of a memory-mapped file stay mapped (and counted as resident) once touched; advising
+    ``MADV_DONTNEED`` unmaps them again (the kernel keeps them in its page cache, so a second pass is
+    still fast). Without this, streaming a file larger than memory would grow the process to the
+    file's size. A no-op for ordinary arrays and where ``madvise`` is not available.
+    """
+    mm = getattr(view, "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    base = np.frombuffer(mm, dtype=np.uint8).__array_interface__["data"][0]
+    start = view.__array_interface__["data"][0] - base
+    aligned = start - start % mmap.PAGESIZE
+    length = min(view.nbytes + (start - aligned), len(mm) - aligned)
+    if length > 0:
+        mm.madvise(mmap.MADV_DONTNEED, aligned, length)
+
+
 def check_array(name: str, arr: np.ndarray, rows: int = 16384) -> None:
     """Validate a host training set ``(N, *shape)`` (``numpy.ndarray`` / ``numpy.memmap``) block by block."""
     if arr.ndim < 2 or arr.shape[0] < 1 or int(np.prod(arr.shape[1:])) == 0:
@@ -192,7 +212,10 @@ def check_array(name: str, arr: np.ndarray, rows: int = 16384) -> None:
     if arr.dtype.kind != "f":
         raise ValueError(f"{name} must be a floating-point array, got dtype {arr.dtype}")
     for start in range(0, arr.shape[0], rows):
-        if not np.isfinite(arr[start : start + rows]).all():
+        block = arr[start : start + rows]
+        finite = bool(np.isfinite(block).all())
+        release_pages(block)
+        if not finite:
             raise ValueError(f"{name} contains NaN/Inf in rows {start}..{min(start + rows, arr.shape[0]) - 1}; expected finite values")
 
 
@@ -202,7 +225,9 @@ def array_blocks(arr: np.ndarray, chunk: int, device: torch.device, dtype: torch
     pin = device.type == "cuda"
     for start in range(0, n, chunk):
         # a copy of one chunk (read-only memmaps cannot back a tensor); the whole array is never read at once
-        host = torch.from_numpy(np.array(arr[start : start + chunk], order="C").reshape(min(chunk, n - start), -1))
+        view = arr[start : start + chunk]
+        host = torch.from_numpy(np.array(view, order="C").reshape(min(chunk, n - start), -1))
+        release_pages(view)
         if pin:
             host = host.pin_memory()
         yield augment(host.to(device=device, dtype=dtype, non_blocking=pin))

@@ -39,7 +39,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .remote import CIFAR10_DIR, atomic_path, cache_dir, default_root, missing_hint, shared_data_dir
+from .._io import atomic_path
+from .remote import CIFAR10_DIR, cache_dir, default_root, missing_hint, shared_data_dir
 
 PathLike = Union[str, "os.PathLike[str]"]
 Labeled = tuple[torch.Tensor, Union[torch.Tensor, None]]

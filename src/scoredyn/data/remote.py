@@ -15,7 +15,6 @@ implicitly. Checksums:
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import os
@@ -25,7 +24,9 @@ import tempfile
 import urllib.request
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Iterator, Sequence
+from typing import BinaryIO, Sequence
+
+from .._io import atomic_path
 
 MNIST_URLS: tuple[str, ...] = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -78,23 +79,6 @@ def cache_dir() -> Path:
 def default_root(name: str) -> Path:
     """Where :func:`download` puts ``name`` when no root is given (``cache_dir() / name``)."""
     return cache_dir() / name
-
-
-@contextlib.contextmanager
-def atomic_path(dest: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``dest``; on success it replaces ``dest`` atomically, on error it is removed."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; give the result ordinary file permissions
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def file_md5(path: Path, *, decompress: bool = False) -> str:

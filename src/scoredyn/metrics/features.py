@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_finite
+from .._io import atomic_write_bytes
 
 FEATURE_NOTE = (
     "FID/KID values depend on the feature network: values computed on scoredyn's digits/MNIST "
@@ -134,20 +134,6 @@ def cache_dir() -> Path:
     return (Path(base) if base else Path.home() / ".cache" / "scoredyn") / "feature_nets"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def accuracy(net: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 1000) -> float:
     """Top-1 accuracy of a classifier on ``(images, labels)``."""
     net.eval()
@@ -219,8 +205,8 @@ def train_feature_net(
         "sha256": hashlib.sha256(blob).hexdigest(),
         "script": "scripts/train_feature_nets.py",
     }
-    _atomic_write(out / f"{name}.safetensors", blob)
-    _atomic_write(out / f"{name}.json", (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write_bytes(out / f"{name}.safetensors", blob)
+    atomic_write_bytes(out / f"{name}.json", (json.dumps(meta, indent=2) + "\n").encode())
     return out / f"{name}.safetensors"
 
 

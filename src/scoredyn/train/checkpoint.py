@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from .._io import atomic_write_text
 from ..nets.precondition import Preconditioned, build
 
 FORMAT = "scoredyn.train.checkpoint"
@@ -44,13 +45,6 @@ def _fsync_write(path: Path, data: bytes) -> None:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _fsync_write(tmp, text.encode())
-    os.replace(tmp, path)
 
 
 def _sha256(path: Path) -> str:

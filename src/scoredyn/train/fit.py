@@ -22,6 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .._checks import check_data, check_positive
+from .._io import atomic_write_text
 from ..nets.precondition import Preconditioned, build
 from . import checkpoint as ckpt_io
 from . import distributed as ddp
@@ -108,7 +109,7 @@ def _truncate_log(path: Path, step: int) -> None:
                 keep.append(line)
         except (json.JSONDecodeError, KeyError, TypeError):
             continue  # a line cut short by a kill
-    ckpt_io.atomic_write_text(path, "".join(k + "\n" for k in keep))
+    atomic_write_text(path, "".join(k + "\n" for k in keep))
 
 
 def fit(
