@@ -305,6 +305,10 @@ class NoiseAgnostic(AnalyticDenoiser):
     ``L(x) = E_sigma[sigma^2 p_sigma(x)] = p_MN(x)``, and ``f* = grad log p_MN``.
     """
 
+    jacobian_mode = "jvp"
+    """The streamed kernels update tensors in place (fast, but not reverse-differentiable):
+    :func:`scoredyn.dynamics.jacobian` uses forward mode for :meth:`field`."""
+
     def __init__(
         self,
         data: Union[Tensor, np.ndarray],

@@ -53,6 +53,10 @@ def flatten_field(field: Field, shape: tuple[int, ...]) -> FlatField:
             )
         return out.reshape(z.shape[0], d).to(z.dtype)
 
+    # a field (or the object whose method it is) may name the tier that works for it, e.g. "jvp"
+    # for kernels that update tensors in place and so cannot be reverse-differentiated
+    owner = getattr(field, "__self__", field)
+    flat.jacobian_mode = getattr(owner, "jacobian_mode", "jacrev")  # type: ignore[attr-defined]
     return flat
 
 
@@ -91,7 +95,9 @@ class Jacobian:
     def __init__(self, f: FlatField, chunk_size: Optional[int] = None) -> None:
         self.f = f
         self.chunk_size = chunk_size
-        self.mode = "jacrev"
+        self.mode = getattr(f, "jacobian_mode", "jacrev")
+        if self.mode not in _TIERS:
+            raise ValueError(f"jacobian_mode {self.mode!r} is not one of {_TIERS}")
 
     def __call__(self, z: Tensor) -> tuple[Tensor, Tensor]:
         while True:
