@@ -99,6 +99,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--log-every", type=int, default=100, help="steps between metrics lines")
     p.add_argument("--keep", type=int, default=2, help="checkpoints kept")
     p.add_argument("--compile", action="store_true", help="torch.compile the loss")
+    p.add_argument("--no-bf16", action="store_true", help="train in float32 on CUDA too (default: bf16 autocast on CUDA)")
     p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", default=None, help="run directory (default: runs/<data>-<conditioning>)")
@@ -158,7 +159,7 @@ def train_main(args: argparse.Namespace) -> int:
         weighting=None if args.weighting == _AUTO else args.weighting, warmup=args.warmup,
         grad_clip=args.grad_clip, weight_decay=args.weight_decay, ema_decay=args.ema,
         ema_warmup=not args.no_ema_warmup, seed=args.seed, out=out, ckpt_every=args.ckpt_every, keep=args.keep,
-        log_every=args.log_every, resume=not args.no_resume, device=_device(args.device), compile=args.compile,
+        log_every=args.log_every, resume=not args.no_resume, device=_device(args.device), compile=args.compile, bf16=not args.no_bf16,
         progress=not args.no_progress, data_root=args.data_root, data_n=args.n)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trained {args.steps} steps; checkpoint in {out} (sample with: scoredyn sample {out})")

@@ -140,6 +140,7 @@ def fit(
     resume: bool = True,
     device: Union[str, torch.device, None] = None,
     compile: bool = False,
+    bf16: bool = True,
     progress: bool = True,
     data_root: Optional[str] = None,
     data_n: Optional[int] = None,
@@ -152,7 +153,7 @@ def fit(
     (with ``data_root``, ``data_n``). The learning rate rises linearly over ``warmup`` steps;
     gradients are clipped to norm ``grad_clip`` (0: off); the EMA decay is
     ``min(ema_decay, (1+t)/(10+t))`` with ``ema_warmup``. On CUDA the forward pass runs under bf16
-    autocast; ``compile`` wraps the loss in ``torch.compile``. With ``out``: JSON-lines metrics in
+    autocast unless ``bf16=False`` (never on CPU; the loss and optimizer stay float32); ``compile`` wraps the loss in ``torch.compile``. With ``out``: JSON-lines metrics in
     ``out/metrics.jsonl`` every ``log_every`` steps, a checkpoint every ``ckpt_every`` steps and at
     the end, and with ``resume`` training continues exactly from ``out``'s latest checkpoint.
     ``on_checkpoint(step, path)`` is called after each checkpoint. Under ``torchrun`` the global
@@ -249,7 +250,7 @@ def _fit(model: Preconditioned, data: Union[Tensor, str], info: ddp.DistInfo, sd
         _truncate_log(log_path, start)
 
     loss_fn = torch.compile(denoising_loss) if compile else denoising_loss
-    autocast = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    autocast = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=bf16 and dev.type == "cuda")
     local = batch_size // info.world
     lo = info.rank * local
     loss_sum = torch.zeros((), device=dev)
