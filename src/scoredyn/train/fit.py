@@ -153,7 +153,8 @@ def fit(
     (with ``data_root``, ``data_n``). The learning rate rises linearly over ``warmup`` steps;
     gradients are clipped to norm ``grad_clip`` (0: off); the EMA decay is
     ``min(ema_decay, (1+t)/(10+t))`` with ``ema_warmup``. On CUDA the forward pass runs under bf16
-    autocast unless ``bf16=False`` (never on CPU; the loss and optimizer stay float32); ``compile`` wraps the loss in ``torch.compile``. With ``out``: JSON-lines metrics in
+    autocast unless ``bf16=False`` (never on CPU; the loss and optimizer stay float32); ``compile``
+    wraps the loss in ``torch.compile``. With ``out``: JSON-lines metrics in
     ``out/metrics.jsonl`` every ``log_every`` steps, a checkpoint every ``ckpt_every`` steps and at
     the end, and with ``resume`` training continues exactly from ``out``'s latest checkpoint.
     ``on_checkpoint(step, path)`` is called after each checkpoint. Under ``torchrun`` the global
@@ -186,7 +187,7 @@ def fit(
         return _fit(model, data, info, sdist, steps=steps, batch_size=batch_size, lr=lr, weighting=weighting,
                     warmup=warmup, grad_clip=grad_clip, weight_decay=weight_decay, betas=tuple(float(b) for b in betas),
                     ema_decay=ema_decay, ema_warmup=ema_warmup, seed=seed, out=out, ckpt_every=ckpt_every, keep=keep,
-                    log_every=log_every, resume=resume, compile=compile, progress=progress, data_root=data_root,
+                    log_every=log_every, resume=resume, compile=compile, bf16=bf16, progress=progress, data_root=data_root,
                     data_n=data_n, on_checkpoint=on_checkpoint)
     finally:
         ddp.teardown(info)
@@ -195,7 +196,7 @@ def fit(
 def _fit(model: Preconditioned, data: Union[Tensor, str], info: ddp.DistInfo, sdist: SigmaDist, *, steps: int,
          batch_size: int, lr: float, weighting: str, warmup: int, grad_clip: float, weight_decay: float,
          betas: tuple[float, ...], ema_decay: float, ema_warmup: bool, seed: int, out: Union[str, Path, None],
-         ckpt_every: int, keep: int, log_every: int, resume: bool, compile: bool, progress: bool,
+         ckpt_every: int, keep: int, log_every: int, resume: bool, compile: bool, bf16: bool, progress: bool,
          data_root: Optional[str], data_n: Optional[int], on_checkpoint: Optional[Callable[[int, Path], None]]
          ) -> Preconditioned:
     dev = info.device
