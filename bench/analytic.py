@@ -20,14 +20,13 @@ import argparse
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
 import torch
+
+from _common import PeakMemory, machine, run_child, timed
 
 VARIANTS = ("mm", "empirical", "naive", "noise_agnostic_levels", "noise_agnostic_quad")
 
@@ -77,29 +76,8 @@ def build(name: str, data: torch.Tensor, x: torch.Tensor, args: argparse.Namespa
     raise ValueError(name)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def time_variant(name: str, data: torch.Tensor, x: torch.Tensor, args: argparse.Namespace) -> float:
-    fn = build(name, data, x, args)
-    fn()
-    sync(x.device)
-    ts = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync(x.device)
-        ts.append(time.perf_counter() - t0)
-    return sorted(ts)[len(ts) // 2]
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
+    return timed(build(name, data, x, args), args.repeats, device=x.device).median
 
 
 def memory_child(name: str, args: argparse.Namespace) -> None:
@@ -108,48 +86,15 @@ def memory_child(name: str, args: argparse.Namespace) -> None:
     fn = build(name, data, x, args)
     if x.device.type == "cuda":
         fn()
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
+    # no warm-up on CPU: the allocator would keep the first call's blocks and hide the peak
+    with PeakMemory(x.device) as mem:
         fn()
-        torch.cuda.synchronize()
-        extra = (torch.cuda.max_memory_allocated() - base) / 2**20
-        how = "cuda.max_memory_allocated"
-    else:
-        # no warm-up on CPU: the allocator would keep the first call's blocks and hide the peak
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-            base = _status_kib("VmRSS")
-            fn()
-            extra = (_status_kib("VmHWM") - base) / 1024
-            how = "VmHWM"
-        except (OSError, KeyError):
-            import resource
-
-            base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            fn()
-            extra = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
-            how = "ru_maxrss (lower bound)"
-    print(json.dumps({"extra_mib": extra, "how": how}))
+    print(json.dumps({"extra_mib": mem.extra_mib, "how": mem.how}))
 
 
 def memory(name: str, args: argparse.Namespace) -> tuple[float, str]:
-    cmd = [sys.executable, __file__, "--child", name] + [a for a in sys.argv[1:] if a != "--no-memory"]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=dict(os.environ)).stdout
-    rec = json.loads(out.strip().splitlines()[-1])
+    rec = run_child([__file__, "--child", name] + [a for a in sys.argv[1:] if a != "--no-memory"])
     return rec["extra_mib"], rec["how"]
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def main() -> None:

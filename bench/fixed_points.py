@@ -19,30 +19,17 @@ warm-up call), for the solve plus the default spectrum, and for the solve alone 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import statistics
-import tempfile
-import time
 import warnings
-from pathlib import Path
-from typing import Callable
 
 import torch
 
+from _common import machine, publish, shared_data, timed
 from scoredyn.analytic import GaussianMixture, NoiseAgnostic
 from scoredyn.dynamics import fixed_points
 
-ROOT = Path(__file__).resolve().parents[1]
-SECTION = "## Dynamics"
+SECTION = "Dynamics"
 SIGMA_MIN = {2: 0.01, 64: 0.02, 784: 0.05}
 SIGMA_MAX = {2: 10.0, 64: 20.0, 784: 80.0}
-
-
-def shared_data() -> Path | None:
-    env = os.environ.get("SCOREDYN_SHARED_DATA")
-    path = Path(env) if env else ROOT.parent / "shared" / "data"
-    return path if (path / "mnist").is_dir() else None
 
 
 def load_data(d: int, n: int, seed: int = 0) -> tuple[torch.Tensor, str]:
@@ -57,34 +44,6 @@ def load_data(d: int, n: int, seed: int = 0) -> tuple[torch.Tensor, str]:
         return load("mnist", root / "mnist", n=n, seed=seed).reshape(n, 784).double(), "MNIST"
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, 784, generator=g, dtype=torch.float64) * 2 - 1, "uniform noise (MNIST absent)"
-
-
-def timed(fn: Callable[[], object], repeats: int) -> tuple[float, int, object]:
-    """Median time of ``repeats`` calls after a warm-up call; a warm-up over 10 s is the only sample."""
-    t0 = time.perf_counter()
-    out = fn()
-    first = time.perf_counter() - t0
-    if first > 10.0:
-        return first, 1, out
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), repeats, out
-
-
-def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    threads = torch.get_num_threads()
-    return f"{cpu}; torch {torch.__version__}; {threads} thread(s); Python {platform.python_version()}"
 
 
 def run(quick: bool, repeats: int, device: str) -> list[dict]:
@@ -109,8 +68,10 @@ def run(quick: bool, repeats: int, device: str) -> list[dict]:
             for method in methods:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
-                    t_all, reps, fp = timed(lambda: fixed_points(field, x0, method=method), repeats)
-                    t_solve, _, _ = timed(lambda: fixed_points(field, x0, method=method, eigs="none"), repeats)
+                    # a configuration whose warm-up call exceeds 10 s is timed once
+                    t_all, times, fp = timed(lambda: fixed_points(field, x0, method=method), repeats, device, once_over=10.0)
+                    t_solve = timed(lambda: fixed_points(field, x0, method=method, eigs="none"), repeats, device, once_over=10.0).median
+                    reps = len(times)
                 counts = fp.count()
                 rows.append(
                     dict(
@@ -159,23 +120,6 @@ def ratios(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def write_section(text: str) -> None:
-    path = ROOT / "bench" / "RESULTS.md"
-    old = path.read_text() if path.is_file() else "# Benchmark results\n"
-    body = f"{SECTION}\n\nProduced by `bench/fixed_points.py`.\n\n{text}\n"
-    start = old.find(SECTION + "\n")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + body
-    else:
-        nxt = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + body + ("" if nxt < 0 else old[nxt:])
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".RESULTS.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(new)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small training sets and batches")
@@ -193,9 +137,7 @@ def main() -> None:
         "Jacobians come from the forward-mode tier (d JVPs); the mixture uses torch.func.jacrev."
     )
     print()
-    print(text)
-    if args.write:
-        write_section(text)
+    publish(SECTION, text, __file__, args.write)
 
 
 if __name__ == "__main__":

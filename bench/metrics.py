@@ -15,31 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
 import torch
 
+from _common import PeakMemory, machine, publish, run_child, shared_data, timed
 from scoredyn._checks import check_data
 from scoredyn.metrics import memorization
 
-ROOT = Path(__file__).resolve().parents[1]
-SECTION = "## Metrics"
+SECTION = "Metrics"
 N_CHECK = 200  # queries checked against the float64 oracle
 COPY_FRACTION = 0.1  # share of samples that are noisy copies of training points
 COPY_NOISE = 1e-3  # per-pixel std of the noise added to the copies ([-1, 1] pixel scale)
-
-
-def shared_data() -> Path | None:
-    env = os.environ.get("SCOREDYN_SHARED_DATA")
-    path = Path(env) if env else ROOT.parent / "shared" / "data"
-    return path if (path / "mnist").is_dir() else None
 
 
 def make_data(n_samples: int, n_train: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -62,22 +48,6 @@ def make_data(n_samples: int, n_train: int, seed: int = 0) -> tuple[torch.Tensor
     return torch.cat([fresh, copies]), train, source
 
 
-def rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return -1
-
-
-def reset_peak_rss() -> bool:
-    """Reset VmHWM (Linux >= 4.0: write 5 to /proc/self/clear_refs)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def naive(samples: torch.Tensor, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The usual one-liner: the full (B, N) distance matrix, then top-2."""
     d, i = torch.topk(torch.cdist(samples, train), 2, dim=1, largest=False)
@@ -98,25 +68,11 @@ def worker(method: str, n_samples: int, n_train: int, repeats: int, device: str)
     samples, train, source = make_data(n_samples, n_train)
     samples, train = samples.to(device), train.to(device)
     fn = {"naive": naive, "exact": exact, "validation": validation}[method]
-    cuda = device.startswith("cuda")
     fn(samples[:8], train[:64])  # warm-up: lazy initialisation and code pages are not the method's memory
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        have_reset = reset_peak_rss()
-        base = rss_kib("VmRSS") * 1024 if have_reset else rss_kib("VmHWM") * 1024
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn(samples, train)
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() if cuda else rss_kib("VmHWM") * 1024
+    with PeakMemory(device) as mem:
+        median_s, times, result = timed(lambda: fn(samples, train), repeats, device, warmup=False)
     if method == "validation":
-        return {"method": method, "median_s": statistics.median(times), "peak_extra_mib": (peak - base) / 2**20}
+        return {"method": method, "median_s": median_s, "peak_extra_mib": mem.extra_mib}
     ratio, index = result
     # accuracy on a subset: float64 distances from direct differences
     q = samples[:: max(1, n_samples // N_CHECK)][:N_CHECK].double()
@@ -130,8 +86,8 @@ def worker(method: str, n_samples: int, n_train: int, repeats: int, device: str)
         "method": method,
         "source": source,
         "times": times,
-        "median_s": statistics.median(times),
-        "peak_extra_mib": (peak - base) / 2**20,
+        "median_s": median_s,
+        "peak_extra_mib": mem.extra_mib,
         "copy_fraction": float(copies.double().mean()),
         "max_ratio_err": float((r - oracle).abs().max()),
         "max_ratio_rel_err_copies": float(((r - oracle).abs() / oracle.clamp_min(1e-300))[oracle < 1 / 3].max())
@@ -141,22 +97,8 @@ def worker(method: str, n_samples: int, n_train: int, repeats: int, device: str)
 
 
 def run_worker(method: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--worker", method, "--n-samples", str(args.n_samples),
-           "--n-train", str(args.n_train), "--repeats", str(args.repeats), "--device", args.device]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, torch {torch.__version__}, {torch.get_num_threads()} thread(s) (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})"
+    return run_child([__file__, "--worker", method, "--n-samples", str(args.n_samples),
+                      "--n-train", str(args.n_train), "--repeats", str(args.repeats), "--device", args.device])
 
 
 def table(results: list[dict], args: argparse.Namespace) -> str:
@@ -190,23 +132,6 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    path = ROOT / "bench" / "RESULTS.md"
-    old = path.read_text() if path.is_file() else "# Benchmark results\n"
-    body = f"{SECTION}\n\nProduced by `bench/metrics.py`.\n\n{text}\n"
-    start = old.find(SECTION + "\n")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + body
-    else:
-        nxt = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + body + ("" if nxt < 0 else old[nxt:])
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".RESULTS.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(new)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n-samples", type=int, default=10_000)
@@ -224,9 +149,7 @@ def main() -> None:
         return
     results = [run_worker(m, args) for m in ("exact", "naive", "validation")]
     text = table(results, args)
-    print(text)
-    if args.write:
-        write_section(text)
+    publish(SECTION, text, __file__, args.write)
 
 
 if __name__ == "__main__":

@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import platform
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
+from _common import machine, publish, timed
 from scoredyn.analytic.gaussian import Gaussian
 from scoredyn.analytic.mixture import GaussianMixture
 from scoredyn.data import gmm2d_model
@@ -45,8 +42,7 @@ from scoredyn.sample import (
     with_teleport,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-SECTION = "## Samplers"
+SECTION = "Samplers"
 F64 = torch.float64
 SIGMA_MAX, SIGMA_MIN = 80.0, 0.002
 NFES = (5, 10, 20, 50)
@@ -182,13 +178,7 @@ def overhead(shape: tuple[int, ...], batch: int, steps: int, repeats: int) -> li
     per_eval = {"heun": 2, "heun, churn + seeds": 2}
     lines = []
     for label, call in cases.items():
-        call()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - t0)
-        us = statistics.median(times) / steps * 1e6
+        us = timed(call, repeats).median / steps * 1e6
         lines.append(f"| {label} | {us:.1f} | {us / per_eval.get(label, 1):.1f} |")
     return lines
 
@@ -199,37 +189,6 @@ def _bare(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         d = x
         x = x + (x - d) * ((sig[i + 1] - sig[i]) / sig[i]) if sig[i + 1] > 0 else d
     return x
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    load = ", load average {:.1f}".format(os.getloadavg()[0]) if hasattr(os, "getloadavg") else ""
-    return (
-        f"{cpu}, {os.cpu_count()} logical CPUs{load}, torch {torch.__version__} ({torch.get_num_threads()} thread(s)), "
-        f"Python {platform.python_version()}, {platform.system()}"
-    )
-
-
-def write_section(text: str) -> None:
-    path = ROOT / "bench" / "RESULTS.md"
-    old = path.read_text() if path.is_file() else "# Benchmark results\n"
-    body = f"{SECTION}\n\nProduced by `bench/samplers.py`.\n\n{text}\n"
-    start = old.find(SECTION + "\n")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + body
-    else:
-        nxt = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + body + ("" if nxt < 0 else old[nxt:])
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".RESULTS.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(new)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def main() -> None:
@@ -268,9 +227,7 @@ def main() -> None:
         out += overhead(shape, batch, 200, args.repeats) + [""]
     out.append(f"Total benchmark time {time.perf_counter() - t0:.0f} s.")
     text = "\n".join(out)
-    print(text)
-    if args.write:
-        write_section(text)
+    publish(SECTION, text, __file__, args.write)
 
 
 if __name__ == "__main__":

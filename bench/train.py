@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import tempfile
 from pathlib import Path
 
 import torch
 
+from _common import machine
 from scoredyn.nets import MLP, UNet, precondition
 from scoredyn.train import fit
 
@@ -57,9 +56,7 @@ def main() -> None:
     devices = [] if args.cuda_only else ["cpu"]
     if torch.cuda.is_available():
         devices.append("cuda")
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    print(f"# torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} logical CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}, CPU threads {torch.get_num_threads()}, GPU {gpu}")
+    print(f"# {machine()}")
     print("| model | params | device | batch | steps/s | samples/s |")
     print("|---|---|---|---|---|---|")
     for name, (make, data, batch) in nets.items():
