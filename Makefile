@@ -40,6 +40,7 @@ bench: $(VENV)/.stamp-run
 	$(BIN)/python bench/metrics.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/fixed_points.py
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from _common import PeakMemory, machine, run_child, timed
+from _common import PeakMemory, machine, publish, run_child, timed
 
 VARIANTS = ("mm", "empirical", "naive", "noise_agnostic_levels", "noise_agnostic_quad")
 
@@ -111,6 +111,7 @@ def main() -> None:
     p.add_argument("--levels", type=int, default=64)
     p.add_argument("--mnist", action="store_true", help="use MNIST training images (needs the data folder)")
     p.add_argument("--no-memory", action="store_true", help="skip the per-variant memory subprocesses")
+    p.add_argument("--write", action="store_true", help="write the table into bench/RESULTS.md (## Analytical scores)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -122,18 +123,20 @@ def main() -> None:
     times = {v: time_variant(v, data, x, args) for v in VARIANTS}
     mem = {v: (math.nan, "skipped") if args.no_memory else memory(v, args) for v in VARIANTS}
     rate_mm = flops / times["mm"] / 1e9
-    print(f"# machine: {machine()}; device {args.device}")
-    print(f"# B={args.b} N={args.n} d={args.d} float32, sigma={args.sigma}, median of {args.repeats}; "
+    lines = []
+    lines.append(f"# machine: {machine()}; device {args.device}")
+    lines.append(f"# B={args.b} N={args.n} d={args.d} float32, sigma={args.sigma}, median of {args.repeats}; "
           f"NoiseAgnostic: {args.levels} geometric levels / log-uniform quadrature on [{args.sigma_min}, {args.sigma_max}]")
-    print(f"# memory: peak extra per call via {mem['empirical'][1]}, fresh subprocess per variant")
-    print(f"{'variant':<24}{'time_s':>10}{'GFLOP/s':>10}{'vs_mm':>8}{'vs_empirical':>14}{'extra_MiB':>11}")
+    lines.append(f"# memory: peak extra per call via {mem['empirical'][1]}, fresh subprocess per variant")
+    lines.append(f"{'variant':<24}{'time_s':>10}{'GFLOP/s':>10}{'vs_mm':>8}{'vs_empirical':>14}{'extra_MiB':>11}")
     rows = {}
     for v in VARIANTS:
         rate = flops / times[v] / 1e9
         rows[v] = dict(time_s=times[v], gflops=rate, vs_mm=rate / rate_mm, vs_empirical=times[v] / times["empirical"], extra_mib=mem[v][0])
-        print(f"{v:<24}{times[v]:>10.4f}{rate:>10.1f}{rate / rate_mm:>8.2f}{times[v] / times['empirical']:>14.2f}{mem[v][0]:>11.1f}")
-    print(f"# Empirical / matmul rate: {rows['empirical']['vs_mm']:.3f} (target >= 0.9); "
+        lines.append(f"{v:<24}{times[v]:>10.4f}{rate:>10.1f}{rate / rate_mm:>8.2f}{times[v] / times['empirical']:>14.2f}{mem[v][0]:>11.1f}")
+    lines.append(f"# Empirical / matmul rate: {rows['empirical']['vs_mm']:.3f} (target >= 0.9); "
           f"NoiseAgnostic({args.levels} levels) / Empirical time: {rows['noise_agnostic_levels']['vs_empirical']:.2f} (target <= 2)")
+    publish("Analytical scores", "```\n" + "\n".join(lines) + "\n```", __file__, args.write)
     if args.json:
         tmp = args.json.with_suffix(".tmp")
         tmp.write_text(json.dumps(dict(machine=machine(), args=vars(args) | {"json": str(args.json)}, rows=rows), indent=1))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from _common import machine
+from _common import machine, publish
 from scoredyn.nets import MLP, UNet, precondition
 from scoredyn.train import fit
 
@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
     ap.add_argument("--cuda-only", action="store_true")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile on CUDA")
+    ap.add_argument("--write", action="store_true", help="write the table into bench/RESULTS.md (## Training)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -56,9 +57,9 @@ def main() -> None:
     devices = [] if args.cuda_only else ["cpu"]
     if torch.cuda.is_available():
         devices.append("cuda")
-    print(f"# {machine()}")
-    print("| model | params | device | batch | steps/s | samples/s |")
-    print("|---|---|---|---|---|---|")
+    lines = [f"# {machine()}"]
+    lines.append("| model | params | device | batch | steps/s | samples/s |")
+    lines.append("|---|---|---|---|---|---|")
     for name, (make, data, batch) in nets.items():
         n_params = sum(p.numel() for p in make().parameters())
         for dev in devices:
@@ -68,8 +69,9 @@ def main() -> None:
                 window = args.window if dev == "cpu" else max(args.window, 20)
                 rate = measure(make, data, batch, dev, windows, window, comp)
                 label = dev + (" +compile" if comp else "") + (" bf16" if dev == "cuda" else "")
-                print(f"| {name} | {n_params / 1e6:.2f}M | {label} | {batch} | {rate:.2f} | {rate * batch:.0f} |")
+                lines.append(f"| {name} | {n_params / 1e6:.2f}M | {label} | {batch} | {rate:.2f} | {rate * batch:.0f} |")
 
+    publish("Training", "\n".join(lines), __file__, args.write)
 
 if __name__ == "__main__":
     main()
