@@ -1,0 +1,191 @@
+"""Helpers shared by the three studies: seeds, cached network training at checkpoints, the
+denoising loss, sample quality, and a few figure primitives."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import metrics, nets, train
+from ..sample.noise import noise
+from .config import NetConfig
+from .stages import Context
+
+#: The loss a network is trained with and evaluated on; sigma2 is lambda(sigma) = sigma^2 (NCSN, Kim, Zhou).
+WEIGHTING = {"multiplicative": "sigma2", "unconditional": "sigma2", "edm": "edm"}
+
+
+def seeds(seed: int, stream: int, n: int) -> list[int]:
+    """``n`` per-sample seeds of random stream ``stream``: distinct across streams and study seeds."""
+    base = (int(seed) << 40) + (int(stream) << 24)
+    return [base + i for i in range(int(n))]
+
+
+def start_noise(ctx: Context, stream: int, n: int, shape: Sequence[int], sigma: float,
+                dtype: torch.dtype = torch.float32) -> Tensor:
+    """``sigma * z`` with ``z`` drawn per sample from its own seed (independent of batch size and device)."""
+    return sigma * noise(seeds(ctx.seed, stream, n), tuple(shape), ctx.device, dtype)
+
+
+def net_spec(cfg: NetConfig, data_shape: Sequence[int], conditioning: str, sigma_data: float = 0.5) -> dict[str, Any]:
+    """The ``scoredyn.nets.build`` spec of a study network."""
+    cond = conditioning == "edm"
+    if cfg.arch == "mlp":
+        kw = {"dim": int(math.prod(data_shape)), "hidden": cfg.hidden, "depth": cfg.depth, "cond": cond}
+        return {"net": "MLP", "net_kwargs": kw, "conditioning": conditioning, "sigma_data": sigma_data}
+    if cfg.arch == "unet":
+        kw = {"channels": int(data_shape[0]), "base": cfg.base, "cond": cond}
+        return {"net": "UNet", "net_kwargs": kw, "conditioning": conditioning, "sigma_data": sigma_data}
+    raise ValueError(f"unknown network architecture {cfg.arch!r}; expected 'mlp' or 'unet'")
+
+
+def train_checkpoints(
+    ctx: Context,
+    name: str,
+    config: Mapping[str, Any],
+    spec: dict[str, Any],
+    data: Tensor,
+    cfg: NetConfig,
+    checkpoints: Sequence[int],
+    *,
+    sigma_dist: str,
+    sigma_min: float,
+    sigma_max: float,
+    levels: Optional[int] = None,
+) -> dict[str, Any]:
+    """Train ``spec`` on ``data`` and keep the EMA weights at each of ``checkpoints`` (a cached stage).
+
+    Training resumes between checkpoints (``scoredyn.train.fit`` with ``resume=True`` in the
+    stage's artifact folder), so checkpoint k continues checkpoint k-1's run exactly.
+    Returns ``{"spec", "steps", "weights": {step: state_dict}}`` (weights on the CPU).
+    """
+    steps = sorted(int(s) for s in checkpoints)
+
+    def work() -> dict[str, Any]:
+        folder = ctx.stages.artifacts(name, config)
+        out: dict[str, Any] = {"spec": spec, "steps": steps}
+        for step in steps:
+            ema = train.fit(
+                dict(spec), data, steps=step, batch_size=min(cfg.batch_size, data.shape[0]), lr=cfg.lr,
+                sigma_dist=sigma_dist, sigma_min=sigma_min, sigma_max=sigma_max, levels=levels, seed=ctx.seed, out=folder,
+                ckpt_every=max(steps) + 1, resume=True, device=ctx.device, progress=ctx.progress,
+                log_every=max(1, step // 10), weighting=WEIGHTING[spec["conditioning"]],
+            )
+            for k, v in ema.state_dict().items():
+                out[f"ckpt{step}.{k}"] = v.detach().to("cpu").clone()
+        return out
+
+    return ctx.stages.run(name, config, work)
+
+
+def load_checkpoint(res: Mapping[str, Any], step: int, device: torch.device, data_shape: Sequence[int]) -> Any:
+    """The EMA denoiser at ``step`` from :func:`train_checkpoints`' result, in eval mode without grads."""
+    model = nets.build(dict(res["spec"]))
+    prefix = f"ckpt{step}."
+    state = {k[len(prefix):]: v for k, v in res.items() if k.startswith(prefix)}
+    if not state:
+        raise ValueError(f"no weights for checkpoint step {step}; have steps {res['steps']}")
+    model.load_state_dict(state)
+    model.data_shape = tuple(data_shape)
+    return model.to(device).eval().requires_grad_(False)
+
+
+def dsm_loss(denoiser: Any, x0: Tensor, sigma: Tensor, z: Tensor, weighting: str, sigma_data: float = 0.5) -> float:
+    """The training objective (``scoredyn.train.loss``: ``w(sigma) |D(x0 + sigma z) - x0|^2 / d``) at
+    fixed draws, averaged; works for networks and analytical denoisers alike."""
+    with torch.no_grad():
+        s = sigma.reshape(-1, *([1] * (x0.dim() - 1)))
+        d = denoiser(x0 + s * z, sigma)
+        err = (d - x0).square().flatten(1).mean(1)
+        w = train.loss_weight(weighting, sigma, sigma_data)
+        return float((w * err).mean())
+
+
+def loss_draws(ctx: Context, data: Tensor, n: int, sigma_min: float, sigma_max: float, stream: int,
+               dist: str = "loguniform") -> tuple[Tensor, Tensor, Tensor]:
+    """Fixed ``(x0, sigma, z)`` draws to evaluate a DSM loss: ``n`` points cycling through ``data``,
+    sigma log-uniform on [sigma_min, sigma_max] (``dist="loguniform"``) from per-sample seeds."""
+    idx = torch.arange(n) % data.shape[0]
+    x0 = data[idx.to(data.device)]
+    u = noise(seeds(ctx.seed, stream, n), (1,), ctx.device, torch.float64).reshape(n)
+    if dist != "loguniform":
+        raise ValueError(f"loss_draws supports dist='loguniform', got {dist!r}")
+    # a normal draw through its CDF -> uniform in (0, 1) -> log-uniform sigma
+    uni = 0.5 * (1 + torch.erf(u / math.sqrt(2)))
+    sigma = torch.exp(math.log(sigma_min) + uni * (math.log(sigma_max) - math.log(sigma_min))).to(data.dtype)
+    z = noise(seeds(ctx.seed, stream + 1, n), tuple(data.shape[1:]), ctx.device, data.dtype)
+    return x0, sigma, z
+
+
+def quality(samples: Tensor, reference: Tensor, *, seed: int, fid_net: Optional[str]) -> dict[str, float]:
+    """Sliced Wasserstein (flattened) and, for images with ``fid_net``, FID and KID on that feature net."""
+    a = samples.reshape(samples.shape[0], -1).float()
+    b = reference.reshape(reference.shape[0], -1).float().to(a.device)
+    out = {"sw": float(metrics.sliced_wasserstein(a, b, n_projections=256, seed=seed))}
+    if fid_net is not None:
+        fa = metrics.features(samples.float().clamp(-1, 1), net=fid_net)
+        fb = metrics.features(reference.float().to(samples.device), net=fid_net)
+        out["fid"] = float(metrics.fid(fa, fb))
+        out["kid"] = float(_kid_value(metrics.kid(fa, fb)))
+    return out
+
+
+def _kid_value(k: Any) -> float:
+    if isinstance(k, tuple):
+        return float(k[0])
+    if isinstance(k, Mapping):
+        return float(k.get("kid", k.get("mean")))
+    return float(k)
+
+
+def memorization(samples: Tensor, train_set: Tensor, sigma_min: Optional[float], k: float = 3.0) -> dict[str, float]:
+    """The memorization numbers the studies report (``scoredyn.metrics.memorization``)."""
+    m = metrics.memorization(samples.float(), train_set.float().to(samples.device), sigma_min=sigma_min, k=k)
+    q = m["nn_distance_quantiles"]
+    return {
+        "copy_fraction": float(m["copy_fraction"]),
+        "within_k_sigma": float(m["within_k_sigma"]) if m["within_k_sigma"] is not None else float("nan"),
+        "nn_median": float(q[0.5]),
+    }
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman rank correlation (average ranks for ties); NaN when either side is constant."""
+    from scipy.stats import spearmanr
+
+    if len(a) < 2 or np.ptp(np.asarray(a, float)) == 0 or np.ptp(np.asarray(b, float)) == 0:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+def panels(nrows: int, ncols: int, panel: tuple[float, float]) -> tuple[Any, Any]:
+    """A matplotlib ``Figure`` (Agg, no pyplot state) of ``nrows x ncols`` axes, each about ``panel`` inches."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, squeeze=True)
+
+
+def corr_cell(rho: float) -> Any:
+    """A rank correlation for a claims table: the number, or a note when it is undefined (a constant side)."""
+    return rho if rho == rho else "undefined (constant)"
+
+
+def image_grid(ax: Any, images: Tensor, nrow: int, title: str) -> None:
+    """Draw ``images (N, 1, H, W)`` in [-1, 1] as a grid on a matplotlib axis."""
+    x = images[: nrow * nrow].detach().float().cpu().clamp(-1, 1)
+    n, c, h, w = x.shape
+    rows = -(-n // nrow)
+    canvas = np.full((rows * (h + 1) + 1, nrow * (w + 1) + 1), 0.3)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        canvas[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + col * (w + 1): 1 + col * (w + 1) + w] = (x[i, 0].numpy() + 1) / 2
+    ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")

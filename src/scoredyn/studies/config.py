@@ -1,0 +1,213 @@
+"""Study configurations: ``tiny`` (tests, seconds), ``quick`` (the demo, minutes on a 2-core CPU) and
+``full`` (GPU-sized: more data, longer training, more samples, MNIST).
+
+Every stage hashes the part of the configuration it uses, so changing one field reruns only the
+stages that depend on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Optional
+
+from .._checks import check_positive
+
+MODES = ("tiny", "quick", "full")
+TOYS = ("moons", "swissroll", "checkerboard", "rings", "gmm2d")
+IMAGES = ("digits", "mnist", "cifar10")
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """A small network and how long to train it."""
+
+    arch: str = "mlp"  # "mlp" (flattened input) or "unet"
+    hidden: int = 128
+    depth: int = 3
+    base: int = 32  # UNet base channels
+    batch_size: int = 256
+    lr: float = 2e-3
+    steps: int = 2000
+
+
+@dataclass(frozen=True)
+class KimConfig:
+    """Kim (2026): multiplicative noise conditioning as an autonomous dynamical system."""
+
+    toy: str = "moons"
+    n_heldout: int = 2000
+    # (1) reductions and (2) the exact optimum f*
+    exact_n: int = 12  # training points for f*
+    sigma_min: float = 0.02
+    sigma_max: float = 3.0
+    n_reduction: int = 32  # starting points for the reduction checks
+    reduction_rtol: float = 1e-8
+    ald_steps_each: int = 3  # noise-free annealed Langevin steps per level for the reduction check
+    n_levels: int = 20  # NCSN geometric levels for ALD (reduction and sampling)
+    n_exact_samples: int = 128
+    traj_steps: int = 100  # least RK4 steps per trajectory of f* (more if h = 1.5 sigma_min needs them)
+    fp_grid: int = 14  # Newton starts on a fp_grid x fp_grid grid (all equilibria of f*)
+    basin_grid: int = 28  # basin pictures on a basin_grid x basin_grid grid
+    # (3) trained multiplicative networks
+    train_sizes: tuple[int, ...] = (8, 64, 1024)
+    checkpoints: tuple[int, ...] = (300, 1000, 3000)  # training steps at which the net is analysed
+    net: NetConfig = field(default_factory=lambda: NetConfig(hidden=128, depth=3, batch_size=256, lr=2e-3))
+    net_sigma_min: float = 0.02
+    n_net_samples: int = 512
+    n_fixed_point_starts: int = 128
+    # (3b) the same on images (a digits / MNIST subset); 0 sizes = skipped
+    image_data: str = "digits"
+    image_sizes: tuple[int, ...] = (32, 512)
+    image_checkpoints: tuple[int, ...] = (500, 4000)
+    image_net: NetConfig = field(default_factory=lambda: NetConfig(hidden=256, depth=3, batch_size=128, lr=1e-3))
+    image_sigma_min: float = 0.05
+    n_image_samples: int = 256
+    # (4) sampler comparison
+    heun_steps: int = 40
+    sampler_rtol: float = 1e-4
+    budget_s: float = 240.0
+
+
+@dataclass(frozen=True)
+class SmoothingConfig:
+    """Zhou et al. (2026): temperature smoothing and noise unconditioning of the empirical score."""
+
+    data: str = "digits"
+    n_train: int = 300
+    n_heldout: int = 500
+    n_samples: int = 300
+    sigma_min: float = 0.01
+    sigma_max: float = 20.0
+    heun_steps: int = 30
+    # log-spaced: in pixel space the softmax at sigma_min = 0.01 stays sharp until sigma_min^2 T reaches the
+    # squared nearest-neighbour distance (T ~ 1e4 on digits), so the sweep spans decades
+    temperatures: tuple[float, ...] = (1.0, 10.0, 1e2, 1e3, 1e4, 1e5)
+    sigma_cs: tuple[float, ...] = (1.0, 10.0, 1e2, 1e3, 1e4)  # T(sigma) = max(sigma_c / sigma, 1)
+    top_k: int = 16
+    fid: bool = True
+    n_levels_unconditional: int = 20  # discrete noise levels of the NoiseAgnostic(unconditional) optimum
+    net: NetConfig = field(default_factory=lambda: NetConfig(hidden=256, depth=3, batch_size=128, lr=1e-3, steps=1500))
+    budget_s: float = 240.0
+
+
+@dataclass(frozen=True)
+class TeleportConfig:
+    """Wang & Vastola: the Gaussian structure of learned scores and analytical teleportation."""
+
+    data: str = "digits"
+    n_train: int = 1200
+    n_heldout: int = 500
+    n_samples: int = 500
+    net: NetConfig = field(default_factory=lambda: NetConfig(hidden=256, depth=3, batch_size=256, lr=1e-3, steps=2000))
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    uv_sigmas: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
+    uv_n: int = 256
+    gmm_components: tuple[int, ...] = (2, 10, 50)
+    samplers: tuple[str, ...] = ("heun", "dpmpp_2m", "unipc")
+    nfes: tuple[int, ...] = (10, 20, 40)
+    skip_fractions: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+    fid: bool = True
+    budget_s: float = 240.0
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """All three studies plus the run-wide settings."""
+
+    mode: str = "quick"
+    seed: int = 0
+    device: str = "cpu"
+    kim: KimConfig = field(default_factory=KimConfig)
+    smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
+    teleport: TeleportConfig = field(default_factory=TeleportConfig)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _tiny() -> StudyConfig:
+    kim = KimConfig(
+        n_heldout=200, exact_n=5, sigma_min=0.05, net_sigma_min=0.05, n_reduction=8, ald_steps_each=2, n_levels=8,
+        n_exact_samples=24, traj_steps=60, fp_grid=6, basin_grid=12,
+        train_sizes=(8, 64), checkpoints=(30, 90), net=NetConfig(hidden=32, depth=2, batch_size=64, lr=3e-3),
+        n_net_samples=48, n_fixed_point_starts=24, image_sizes=(8, 24), image_checkpoints=(20, 40),
+        image_net=NetConfig(hidden=32, depth=2, batch_size=8, lr=3e-3), n_image_samples=16, heun_steps=10,
+        sampler_rtol=1e-3, budget_s=30.0,
+    )
+    smoothing = SmoothingConfig(
+        n_train=60, n_heldout=60, n_samples=40, heun_steps=8, temperatures=(1.0, 1e4), sigma_cs=(1e2,),
+        top_k=8, fid=False, n_levels_unconditional=8,
+        net=NetConfig(hidden=32, depth=2, batch_size=32, lr=2e-3, steps=60), budget_s=30.0,
+    )
+    teleport = TeleportConfig(
+        n_train=120, n_heldout=60, n_samples=40, net=NetConfig(hidden=32, depth=2, batch_size=32, lr=2e-3, steps=60),
+        uv_sigmas=(0.1, 1.0, 10.0), uv_n=32, gmm_components=(2, 5), samplers=("heun", "dpmpp_2m"), nfes=(8,),
+        skip_fractions=(0.0, 0.25), fid=False, budget_s=30.0,
+    )
+    return StudyConfig(mode="tiny", kim=kim, smoothing=smoothing, teleport=teleport)
+
+
+def _full() -> StudyConfig:
+    kim = KimConfig(
+        n_heldout=10000, exact_n=32, n_reduction=256, n_exact_samples=1024, traj_steps=1000,
+        train_sizes=(8, 32, 128, 512, 4096), checkpoints=(500, 2000, 8000, 30000),
+        net=NetConfig(hidden=256, depth=4, batch_size=512, lr=1e-3), n_net_samples=4096,
+        n_fixed_point_starts=1024, image_data="mnist", image_sizes=(64, 1024, 10000),
+        image_checkpoints=(2000, 10000, 40000),
+        image_net=NetConfig(arch="unet", base=64, batch_size=128, lr=2e-4), n_image_samples=1000,
+        heun_steps=100, sampler_rtol=1e-5, budget_s=3 * 3600.0,
+    )
+    smoothing = SmoothingConfig(
+        data="mnist", n_train=2000, n_heldout=5000, n_samples=2000, heun_steps=40,
+        temperatures=(1.0, 10.0, 1e2, 3e2, 1e3, 3e3, 1e4, 3e4, 1e5, 1e6),
+        sigma_cs=(1.0, 10.0, 30.0, 1e2, 3e2, 1e3, 1e4), top_k=64,
+        n_levels_unconditional=50, net=NetConfig(arch="unet", base=64, batch_size=128, lr=2e-4, steps=40000),
+        budget_s=3 * 3600.0,
+    )
+    teleport = TeleportConfig(
+        data="mnist", n_train=60000, n_heldout=10000, n_samples=5000,
+        net=NetConfig(arch="unet", base=64, batch_size=128, lr=2e-4, steps=100000), uv_n=2048,
+        gmm_components=(2, 10, 100), nfes=(10, 20, 35, 50), budget_s=3 * 3600.0,
+    )
+    return StudyConfig(mode="full", kim=kim, smoothing=smoothing, teleport=teleport)
+
+
+def preset(mode: str = "quick") -> StudyConfig:
+    """The configuration of a mode: ``tiny``, ``quick`` (default) or ``full``."""
+    if mode == "quick":
+        return StudyConfig()
+    if mode == "tiny":
+        return _tiny()
+    if mode == "full":
+        return _full()
+    raise ValueError(f"unknown study mode {mode!r}; expected one of {MODES}")
+
+
+def with_overrides(
+    cfg: StudyConfig, *, data: Optional[str] = None, device: Optional[str] = None, seed: Optional[int] = None
+) -> StudyConfig:
+    """Apply the command-line overrides. ``data`` names a 2-D toy (Kim's 2-D part) or an image set
+    (Kim's image part, smoothing and teleport)."""
+    if seed is not None:
+        if int(seed) != seed or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed}")
+        cfg = replace(cfg, seed=int(seed))
+    if device is not None:
+        if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        cfg = replace(cfg, device=device)
+    if data is not None:
+        if data in TOYS:
+            cfg = replace(cfg, kim=replace(cfg.kim, toy=data))
+        elif data in IMAGES:
+            cfg = replace(
+                cfg,
+                kim=replace(cfg.kim, image_data=data),
+                smoothing=replace(cfg.smoothing, data=data),
+                teleport=replace(cfg.teleport, data=data),
+            )
+        else:
+            raise ValueError(f"unknown data set {data!r}; expected a 2-D toy {TOYS} or an image set {IMAGES}")
+    check_positive("kim.sigma_min", cfg.kim.sigma_min)
+    return cfg
