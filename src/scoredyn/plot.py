@@ -48,8 +48,9 @@ def savefig(fig: Figure, path: PathLike, dpi: int = 120) -> Path:
 
 
 def figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (5.0, 5.0)) -> tuple[Figure, Any]:
-    """A new Agg figure and its axes (``ax`` or an array of axes), without pyplot."""
-    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows))
+    """A new Agg figure (constrained layout) and its axes (``ax`` or an array of axes), without pyplot;
+    ``size`` is the size of one panel in inches."""
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=True)
     return fig, axes

@@ -97,6 +97,8 @@ def basins(
     """
     points = check_state("points", points)
     tol = check_positive("tol", tol)
+    if attractors is not None and attractors.dim() >= 1 and attractors.shape[0] == 0:
+        return torch.full((points.shape[0],), -1, dtype=torch.long, device=points.device), attractors
     end = trajectories(field, points, tau, n_steps=n_steps, record=n_steps)[-1]
     b = end.shape[0]
     zf = end.reshape(b, -1)

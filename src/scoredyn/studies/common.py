@@ -162,30 +162,16 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def panels(nrows: int, ncols: int, panel: tuple[float, float]) -> tuple[Any, Any]:
-    """A matplotlib ``Figure`` (Agg, no pyplot state) of ``nrows x ncols`` axes, each about ``panel`` inches."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(nrows, ncols, squeeze=True)
-
-
 def corr_cell(rho: float) -> Any:
     """A rank correlation for a claims table: the number, or a note when it is undefined (a constant side)."""
     return rho if rho == rho else "undefined (constant)"
 
 
 def image_grid(ax: Any, images: Tensor, nrow: int, title: str) -> None:
-    """Draw ``images (N, 1, H, W)`` in [-1, 1] as a grid on a matplotlib axis."""
-    x = images[: nrow * nrow].detach().float().cpu().clamp(-1, 1)
-    n, c, h, w = x.shape
-    rows = -(-n // nrow)
-    canvas = np.full((rows * (h + 1) + 1, nrow * (w + 1) + 1), 0.3)
-    for i in range(n):
-        r, col = divmod(i, nrow)
-        canvas[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + col * (w + 1): 1 + col * (w + 1) + w] = (x[i, 0].numpy() + 1) / 2
-    ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    """Draw ``images (N, 1, H, W)`` in [-1, 1] (at most ``nrow^2``) as a grid on a matplotlib axis."""
+    from ..plot import image_grid as tile
+
+    canvas = tile(images[: nrow * nrow].detach().float().cpu().clamp(-1, 1), nrow=nrow, padding=1, pad_value=0.3)
+    ax.imshow(canvas[:, :, 0].numpy(), cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
     ax.set_title(title, fontsize=9)
     ax.axis("off")

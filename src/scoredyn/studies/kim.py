@@ -28,8 +28,9 @@ from torch import Tensor
 from .. import data as sd_data
 from .. import dynamics, plot, sample
 from ..analytic import NoiseAgnostic
+from ..plot import figure
 from .common import (
-    corr_cell, dsm_loss, panels, load_checkpoint, loss_draws, memorization, net_spec, quality, seeds, spearman, start_noise,
+    corr_cell, dsm_loss, load_checkpoint, loss_draws, memorization, net_spec, quality, seeds, spearman, start_noise,
     train_checkpoints,
 )
 from .config import KimConfig
@@ -184,7 +185,8 @@ def _exact(cfg: KimConfig, ctx: Context, toy: _Toy) -> dict[str, Any]:
         mem_limit = memorization(traj[-1], X, smin, K_SIGMA)
         # basins on a grid for the figure
         gb = plot.grid_2d(xl, yl, conf["basin_grid"], device=ctx.device, dtype=F64)
-        labels = _basin_labels(model.field, gb, smax, math.ceil(smax / (1.5 * smin)), st.points, K_SIGMA * smin)
+        labels, _ = dynamics.basins(model.field, gb, tau=smax, n_steps=math.ceil(smax / (1.5 * smin)), attractors=st.points,
+                                    tol=K_SIGMA * smin)
         pick = torch.arange(min(24, x0.shape[0]))
         stride = max(1, n_steps // 150)
         return {
@@ -254,7 +256,7 @@ def _exact_section(cfg: KimConfig, e: dict[str, Any], figs: list[Figure]) -> Sec
 
 def _exact_figures(cfg: KimConfig, toy: _Toy, e: dict[str, Any]) -> list[Figure]:
     model = NoiseAgnostic(toy.exact.cpu(), cfg.sigma_min, toy.sigma_max, "multiplicative")
-    fig, axes = panels(1, 2, (6.0, 5.2))
+    fig, axes = figure(1, 2, (6.0, 5.2))
     (xl, yl) = toy.lim
     plot.basins_2d(e["labels"], xl, yl, n=int(math.isqrt(e["labels"].numel())), ax=axes[0])
     plot.field_2d(model.field, xl, yl, n=40, ax=axes[0], like=toy.exact.cpu())
@@ -274,14 +276,6 @@ def _exact_figures(cfg: KimConfig, toy: _Toy, e: dict[str, Any]) -> list[Figure]
     return [Figure("kim_exact_optimum", "Kim: the exact optimum f* on a small 2-D training set — basins of the "
                    "stable equilibria (colours), the field (streamlines, colour = log10|f*|), trajectories, and the "
                    "Lyapunov function log L along them.", figure_png(fig))]
-
-
-def _basin_labels(field: Any, grid: Tensor, tau: float, n_steps: int, attractors: Tensor, tol: float) -> Tensor:
-    """Index of the attractor each grid point flows to (-1: none within ``tol``; all -1 without attractors)."""
-    if attractors.shape[0] == 0:
-        return torch.full((grid.shape[0],), -1, dtype=torch.long)
-    labels, _ = dynamics.basins(field, grid, tau=tau, n_steps=n_steps, attractors=attractors, tol=tol)
-    return labels
 
 
 def _kinds_only(points: Tensor, kinds: list[str]) -> dynamics.FixedPoints:
@@ -440,6 +434,8 @@ def _overfit_claims(prefix: str, what: str, runs: dict[tuple[int, int], dict[str
     rho_n = spearman(list(sizes), [runs[(n, s_last)]["copy_fraction"] for n in sizes])
     if fa["copy_fraction"] >= fb["copy_fraction"] + 0.2:
         v2 = "supported"
+    elif max(fa["copy_fraction"], fb["copy_fraction"]) < 0.05:
+        v2 = "inconclusive"  # neither network copies yet: the measurement cannot tell the sizes apart
     elif fa["copy_fraction"] <= fb["copy_fraction"]:
         v2 = "not supported"
     else:
@@ -450,7 +446,8 @@ def _overfit_claims(prefix: str, what: str, runs: dict[tuple[int, int], dict[str
         {f"copy_N{n_min}": fa["copy_fraction"], f"copy_N{n_max}": fb["copy_fraction"],
          f"eq_dist_N{n_min}": _eq_cell(fa["eq_dist_median"]), f"eq_dist_N{n_max}": _eq_cell(fb["eq_dist_median"]),
          "spearman_N_copy": corr_cell(rho_n)},
-        f"copy fraction at N = {n_min} exceeds that at N = {n_max} by >= 0.2: supported; not larger: not supported",
+        f"copy fraction at N = {n_min} exceeds that at N = {n_max} by >= 0.2: supported; both below 0.05: "
+        f"inconclusive (neither memorizes yet); otherwise not larger: not supported",
         v2 if all(math.isfinite(float(v)) for v in (fa["copy_fraction"], fb["copy_fraction"])) else "inconclusive",
     )
     return [c1, c2]
@@ -493,12 +490,13 @@ def _field_figure(cfg: KimConfig, ctx: Context, toy: _Toy, runs: dict[tuple[int,
             X = toy.train[:n]
             fp = dynamics.fixed_points(net.field, torch.cat([g, X[:128]]), tol=1e-6, max_iter=40).unique(1e-3)
             st = fp.select(fp.stable)
-            labels = _basin_labels(net.field, g, 2 * smax, 120, st.points, max(0.05, K_SIGMA * cfg.net_sigma_min))
+            labels, _ = dynamics.basins(net.field, g, tau=2 * smax, n_steps=120, attractors=st.points,
+                                        tol=max(0.05, K_SIGMA * cfg.net_sigma_min))
             out[f"p{i}_labels"], out[f"p{i}_points"], out[f"p{i}_kinds"] = labels, fp.points, list(fp.kind)
         return out
 
     f = ctx.stages.run("kim.field_figure", conf, work)
-    fig, axes = panels(1, len(panel_list), (6.0, 5.4))
+    fig, axes = figure(1, len(panel_list), (6.0, 5.4))
     for i, (n, step, label) in enumerate(panel_list):
         ax = axes[i]
         net = load_checkpoint(runs[(n, step)]["net_result"], step, torch.device("cpu"), (2,))
@@ -516,7 +514,7 @@ def _field_figure(cfg: KimConfig, ctx: Context, toy: _Toy, runs: dict[tuple[int,
 
 
 def _overfit_figure(cfg: KimConfig, runs: dict, img: Optional[dict]) -> Figure:
-    fig, axes = panels(1, 3, (5.3, 4.6))
+    fig, axes = figure(1, 3, (5.3, 4.6))
     series = [(cfg.toy, runs, cfg.train_sizes, cfg.checkpoints, "-")]
     if img:
         series.append((cfg.image_data, img, cfg.image_sizes, cfg.image_checkpoints, "--"))
@@ -633,7 +631,7 @@ def _sampler_section(cfg: KimConfig, toy: _Toy, s: dict[str, Any], sw_floor: flo
                   ["sampler", "NFE", "SW to held-out", "copy frac.", "NN median"], rows,
                   "Annealed Langevin: NCSNv2 Algorithm 1, geometric grid, 5 steps per level, Technique-4 step size. "
                   "PF-ODE Heun: Karras grid. Adaptive solvers: Dormand-Prince.")
-    fig, axes = panels(1, len(names), (3.8, 2.6))
+    fig, axes = figure(1, len(names), (3.8, 2.6))
     hx = toy.heldout.cpu()
     for i, nm in enumerate(names):
         ax = axes[i]

@@ -22,7 +22,8 @@ from torch import Tensor
 from .. import data as sd_data
 from .. import sample
 from ..analytic import Empirical, NoiseAgnostic
-from .common import corr_cell, image_grid, panels, load_checkpoint, memorization, net_spec, quality, seeds, spearman, start_noise, train_checkpoints
+from ..plot import figure
+from .common import corr_cell, image_grid, load_checkpoint, memorization, net_spec, quality, seeds, spearman, start_noise, train_checkpoints
 from .config import SmoothingConfig
 from .report import Claim, Figure, Section, StudyReport, Table, figure_png, judge, sig
 from .stages import Context
@@ -269,7 +270,7 @@ def run(cfg: SmoothingConfig, ctx: Context) -> StudyReport:
                ["family", "setting", "copy frac.", "NN median", "SW", "FID", "KID"],
                [[s[0], s[1], r["copy_fraction"], r["nn_median"], r["sw"], r.get("fid"), r.get("kid")]
                 for s, r in zip(settings, rows)])
-    fig, axes = panels(1, 3, (5.0, 4.3))
+    fig, axes = figure(1, 3, (5.0, 4.3))
     for fam, idx in fams.items():
         xs = [settings[i][2] for i in idx]
         axes[0].plot(xs, [rows[i]["copy_fraction"] for i in idx], marker="o", label=fam)
@@ -348,7 +349,7 @@ def run(cfg: SmoothingConfig, ctx: Context) -> StudyReport:
     shown += [("unconditional optimum, plain ODE", unc["s_plain"]), ("unconditional optimum, fixed ODE", unc["s_fixed"]),
                ("trained unconditional, plain ODE", u["s_plain"]), ("trained unconditional, fixed ODE", u["s_fixed"]),
                ("trained EDM (conditional)", ec["s_heun"]), ("training images", im.train)]
-    fig, axes = panels(3, 4, (3.5, 3.8))
+    fig, axes = figure(3, 4, (3.5, 3.8))
     for ax, (title, x) in zip(axes.flat, shown):
         image_grid(ax, x.reshape(x.shape[0], *im.shape), 6, title)
     for ax in list(axes.flat)[len(shown):]:

@@ -12,10 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,31 +23,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._io import atomic_write_bytes, atomic_write_text
+
 #: Bump when a stage's computation changes in a way its configuration does not show.
 STAGE_FORMAT = 1
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; reports and caches are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Atomically write UTF-8 text."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def config_key(name: str, config: Mapping[str, Any]) -> str:

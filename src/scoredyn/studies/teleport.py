@@ -21,7 +21,8 @@ import numpy as np
 from .. import data as sd_data
 from .. import metrics, sample
 from ..analytic import Empirical, Gaussian, GaussianMixture
-from .common import image_grid, load_checkpoint, net_spec, panels, quality, start_noise, train_checkpoints
+from ..plot import figure
+from .common import image_grid, load_checkpoint, net_spec, quality, start_noise, train_checkpoints
 from .config import TeleportConfig
 from .report import Claim, Figure, Section, StudyReport, Table, figure_png, sig
 from .stages import Context
@@ -146,7 +147,7 @@ def _uv_section(cfg: TeleportConfig, im: _Images, uv: dict[str, Any]) -> Section
               ["model"] + [f"sigma={s:g}" for s in sig_], rows,
               f"E|s_net - s_model|^2 / E|s_net|^2 at x0 + sigma z over {cfg.uv_n} training images x0 "
               f"(scoredyn.metrics.unexplained_variance); data std sigma_data = {sig(im.sigma_data)}.")
-    fig, ax = panels(1, 1, (7.5, 5.0))
+    fig, ax = figure(1, 1, (7.5, 5.0))
     for m in uv["models"]:
         ax.plot(sig_, uv[f"{final}|{m}"], marker="o", label=m)
     if early != final:
@@ -256,7 +257,7 @@ def _skip_section(cfg: TeleportConfig, im: _Images, sk: dict[str, Any]) -> Secti
                "samples from the same seeds.")
     t2 = Table("teleport_skip_best", f"Largest tested fraction skipped with {qname} within {NO_LOSS}x of the unskipped run",
                ["solver", "NFE target", "NFE unskipped", "largest no-loss fraction", f"{qname} unskipped"], best_rows)
-    fig, axes = panels(1, len(cfg.samplers) + 1, (4.2, 3.9))
+    fig, axes = figure(1, len(cfg.samplers) + 1, (4.2, 3.9))
     for ax, name in zip(axes, cfg.samplers):
         for nfe in cfg.nfes:
             rr = [r for r in rows if r["sampler"] == name and r["nfe_target"] == nfe]
@@ -282,7 +283,7 @@ def _skip_section(cfg: TeleportConfig, im: _Images, sk: dict[str, Any]) -> Secti
     figs = [f1]
     kept = sorted(k for k in sk if k.startswith("s_"))
     if len(kept) == 2 and len(im.shape) == 3:
-        fig, axes = panels(1, 2, (4.0, 4.2))
+        fig, axes = figure(1, 2, (4.0, 4.2))
         for ax, k in zip(axes, kept):
             image_grid(ax, sk[k], 8, f"{cfg.samplers[0]}, NFE target {nmax}, skipped fraction {k[2:]}")
         figs.append(Figure("teleport_samples", "Samples from the same seeds without and with the largest tested skip.",
