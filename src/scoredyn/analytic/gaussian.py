@@ -64,16 +64,18 @@ class Gaussian(GaussianMixture):
         """Closed-form probability-flow ODE solution from ``sigma_from`` to ``sigma_to`` (either direction).
 
         ``x(sigma) = mu + U diag(sqrt((sigma^2 + lam) / (sigma_T^2 + lam))) U^T (x_T - mu)
-        + (sigma / sigma_T) (I - U U^T)(x_T - mu)`` (Wang & Vastola 2023, Eq. 7; DESIGN.md §3).
+        + (sigma / sigma_T) (I - U U^T)(x_T - mu)`` (Wang & Vastola 2023, Eq. 7; DESIGN.md §3); when
+        the model has an isotropic variance ``v`` outside ``U`` that factor is ``sqrt((sigma^2 + v) / (sigma_T^2 + v))``.
         Exact when the data are this Gaussian; ``sigma_to = 0`` gives the ODE's end point.
         """
         x, s_from = self.prepare(x, sigma_from)
         s_to = as_sigma(sigma_to, x.shape[0], x, name="sigma_to", allow_zero=True)
         y = x.reshape(x.shape[0], -1) - self.means[0]
         lam = self.eigvals
-        ratio = s_to / s_from
+        iso = self.iso[0]  # variance of the directions outside U (0 for a fitted rank-r model)
+        ratio = ((s_to**2 + iso) / (s_from**2 + iso)).sqrt()[:, None]
         u = self.eigvecs
         proj = y @ u
         coef = ((s_to[:, None] ** 2 + lam) / (s_from[:, None] ** 2 + lam)).sqrt()
-        out = self.means[0] + ratio[:, None] * y + (proj * (coef - ratio[:, None])) @ u.T
+        out = self.means[0] + ratio * y + (proj * (coef - ratio)) @ u.T
         return out.reshape(x.shape)
