@@ -17,16 +17,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import check_positive
+from .._checks import check_positive, on_host
 from ._stream import TrainingSet, all_gather_topk, stream_logits, stream_topk
 from .base import AnalyticDenoiser
 
 Temperature = Union[float, Callable[[Tensor], Union[Tensor, float]]]
 
 
-def auto_chunk(batch: int, n: int, target: int = 1 << 19, least: int = 256) -> int:
-    """Training points per chunk: about ``target`` logits (2 MiB in float32) per chunk, ``least``..8192 rows."""
-    return max(1, min(n, max(least, min(8192, target // max(batch, 1)))))
+def auto_chunk(n: int, per_row: int = 1, rows: int = 4096, least: int = 16) -> int:
+    """Training points per chunk: ``rows / per_row`` (``per_row`` terms per training point), at least
+    ``least``, at most ``n``. It never depends on the batch, so a query's floating-point summation
+    order, and hence its result, is the same alone or in any batch; extra memory is
+    ``O(B x rows)`` elements."""
+    return max(1, min(n, max(least, rows // max(per_row, 1))))
 
 
 def check_chunk(chunk_size: Optional[int]) -> Optional[int]:
@@ -40,7 +43,7 @@ def check_chunk(chunk_size: Optional[int]) -> Optional[int]:
 
 def check_output(name: str, out: Tensor) -> Tensor:
     """Refuse to return NaN/Inf: say which model overflowed and what to do."""
-    if not bool(torch.isfinite(out).all()):
+    if on_host(out) and not bool(torch.isfinite(out).all()):  # on accelerators the samplers check (no sync)
         raise ValueError(
             f"{name} produced NaN/Inf (sigma too small for {out.dtype} at these query norms: the logits "
             f"overflow); use float64 data or a larger sigma"
@@ -110,7 +113,7 @@ class Empirical(AnalyticDenoiser):
             t = t.expand_as(sigma)
         if t.shape != sigma.shape:
             raise ValueError(f"temperature(sigma) returned shape {tuple(t.shape)}; expected a scalar or {tuple(sigma.shape)}")
-        if not bool((torch.isfinite(t) & (t > 0)).all()):
+        if on_host(t) and not bool((torch.isfinite(t) & (t > 0)).all()):
             raise ValueError(f"temperature(sigma) must be finite and > 0, got min {float(t.min()):.3g}")
         return t
 
@@ -121,7 +124,7 @@ class Empirical(AnalyticDenoiser):
             return x.clone()
         xf = x.reshape(b, self.dim)
         scale = 1.0 / (sigma * sigma * self.temperatures(sigma))
-        chunk = self.chunk_size or auto_chunk(b, self.trainset.n_local)
+        chunk = self.chunk_size or auto_chunk(self.trainset.n_local)
         blocks = self.trainset.blocks(chunk)
         if self.top_k is not None and self.top_k < self.n_points:
             logits, idx = stream_topk(xf, scale, blocks, self.top_k)

@@ -383,7 +383,7 @@ class NoiseAgnostic(AnalyticDenoiser):
 
     def _stream(self, x: Tensor, terms: _LogF):
         b = x.shape[0]
-        chunk = self.chunk_size or auto_chunk(b * terms.nodes_per_point, self.trainset.n_local, least=16)
+        chunk = self.chunk_size or auto_chunk(self.trainset.n_local, per_row=terms.nodes_per_point)
         return self.trainset.reduce(stream_pairs(x.reshape(b, self.dim), self.trainset.blocks(chunk), terms))
 
     def _query(self, x: Tensor) -> Tensor:

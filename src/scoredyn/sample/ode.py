@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import Tensor
 
-from .._checks import Denoiser, bcast, check_data, check_positive
+from .._checks import Denoiser, bcast, check_data, check_positive, on_host
 from .common import Callback, GridLike, Run, SamplerDivergence, Seeds, check_state, progress_range
 
 Field = Callable[[Tensor], Tensor]
@@ -163,15 +163,24 @@ def autonomous(
     if len(times) == 2 and n_steps is None and not isinstance(tau, Tensor):
         raise ValueError("fixed-step methods need n_steps (or a tensor grid of times for tau)")
     states = [x] if record else []
+    host = on_host(x)
+    first_bad = torch.full((), -1, dtype=torch.long, device=x.device)  # on accelerators: found without a sync
     for i in progress_range(len(times) - 1, progress, "autonomous"):
         h = times[i + 1] - times[i]
         x = _rk4_step(f, x, h) if method == "rk4" else x + f(x) * h
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"autonomous: non-finite values at step {i} (tau {times[i]:.6g} -> {times[i + 1]:.6g})")
+        if host:
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError(f"autonomous: non-finite values at step {i} (tau {times[i]:.6g} -> {times[i + 1]:.6g})")
+        else:
+            bad = ~torch.isfinite(x).all()
+            first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, i), first_bad)
         if callback is not None:
             callback(dict(i=i, tau=times[i + 1], x=x))
         if record:
             states.append(x)
+    if not host and int(first_bad) >= 0:
+        i = int(first_bad)
+        raise ValueError(f"autonomous: non-finite values at step {i} (tau {times[i]:.6g} -> {times[i + 1]:.6g})")
     return (x, torch.stack(states)) if record else x
 
 
