@@ -681,3 +681,16 @@ def test_ncsn_schedule_small_set() -> None:
     assert step_lr == ncsn_step_lr(4, 0.02, ratio)
     with pytest.raises(ValueError, match="sigma_min"):
         ncsn_schedule(data, 4, sigma_min=1e6)
+
+
+@pytest.mark.parametrize("opts, match", [
+    (dict(s_churn=10.0, s_tmax=float("nan")), "s_tmax"),
+    (dict(s_churn=10.0, s_tmin=2.0, s_tmax=1.0), "s_tmax must be >= s_tmin"),
+    (dict(s_churn=10.0, s_tmin=-1.0), "s_tmin"),
+])
+def test_heun_churn_window_is_validated(opts: dict, match: str) -> None:
+    # a NaN or inverted window would silently switch churn off
+    g = Gaussian(torch.zeros(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64))
+    x = torch.zeros(3, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match=match):
+        heun(g, x, sigmas_karras(4, 0.1, 5.0), seeds=[0, 1, 2], **opts)

@@ -45,6 +45,9 @@ def heun(
     sig, n = run.sigmas, run.n_steps
     s_churn = check_positive("s_churn", s_churn, allow_zero=True)
     s_noise = check_positive("s_noise", s_noise, allow_zero=True)
+    s_tmin = check_positive("s_tmin", s_tmin, allow_zero=True)
+    if math.isnan(float(s_tmax)) or float(s_tmax) < s_tmin:
+        raise ValueError(f"s_tmax must be >= s_tmin = {s_tmin} (inf allowed), got {s_tmax}")
     for i in run.steps():
         s, s_next = sig[i], sig[i + 1]
         gamma = min(s_churn / n, math.sqrt(2.0) - 1.0) if s_tmin <= s <= s_tmax else 0.0
@@ -95,7 +98,11 @@ def euler_maruyama(
     denoiser: Denoiser, x: Tensor, sigmas: GridLike, *, seeds: Seeds = None,
     callback: Optional[Callback] = None, progress: bool = False,
 ) -> Tensor:
-    """Euler-Maruyama on the reverse VE SDE ``dx = -2 sigma s dsigma + sqrt(2 sigma) dW`` (Song et al. 2021)."""
+    """Euler-Maruyama on the reverse VE SDE in variance time ``t = sigma^2``: ``dx = -s dt + dW_t`` (Song et al. 2021, Eq. 6).
+
+    A step from ``sigma`` to ``sigma'`` adds ``(sigma^2 - sigma'^2) s(x, sigma)`` and noise of that variance;
+    this coincides with Song et al.'s reverse-diffusion predictor for VE models.
+    """
     run = Run("euler_maruyama", denoiser, x, sigmas, seeds, callback, progress)
     sig = run.sigmas
     for i in run.steps():
