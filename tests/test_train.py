@@ -272,6 +272,12 @@ def test_checkpoint_layout_and_load(tmp_path: Path) -> None:
     assert torch.equal(load(tmp_path)(x, 0.4), ema(x, 0.4))
     _tiny_run(tmp_path, steps=30)
     assert not stray.exists() and (tmp_path / "latest").read_text().strip() == "ckpt/step-000000030"
+    # killed between the two renames that rewrite a step: the copy moved aside is restored, not deleted
+    final = tmp_path / "ckpt" / "step-000000030"
+    before = load(tmp_path)(x, 0.4)
+    os.replace(final, tmp_path / "ckpt" / ".tmp-old-step-000000030-4242")
+    assert torch.equal(load(tmp_path)(x, 0.4), before)
+    assert final.is_dir() and not (tmp_path / "ckpt" / ".tmp-old-step-000000030-4242").exists()
 
 
 def test_checkpoint_bad_input(tmp_path: Path) -> None:

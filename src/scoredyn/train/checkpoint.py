@@ -108,6 +108,7 @@ def save_checkpoint(
     out = Path(out)
     root = out / "ckpt"
     root.mkdir(parents=True, exist_ok=True)
+    recover_interrupted(root)
     for stray in root.glob(".tmp-*"):  # left by a process killed while writing
         shutil.rmtree(stray, ignore_errors=True)
     name = f"step-{int(step):09d}"
@@ -146,6 +147,15 @@ def save_checkpoint(
     return final
 
 
+def recover_interrupted(root: Path) -> None:
+    """Undo a kill between the two renames that rewrite a step: when ``step-N`` is missing, its copy
+    moved aside as ``.tmp-old-step-N-<pid>`` is the only one, so it is moved back."""
+    for old in sorted(Path(root).glob(".tmp-old-step-*")):
+        name = old.name[len(".tmp-old-"):].rsplit("-", 1)[0]
+        if not (Path(root) / name).exists() and (old / "config.json").is_file():
+            os.replace(old, Path(root) / name)
+
+
 def find_checkpoint(path: PathLike) -> Path:
     """The checkpoint directory for ``path``: a run directory (via ``latest``) or a checkpoint directory."""
     p = Path(path)
@@ -153,6 +163,8 @@ def find_checkpoint(path: PathLike) -> Path:
         return p
     latest = p / "latest"
     if latest.is_file():
+        if (p / "ckpt").is_dir():
+            recover_interrupted(p / "ckpt")
         target = p / latest.read_text().strip()
         if not (target / "config.json").is_file():
             raise FileNotFoundError(f"{latest} points to {target}, which holds no checkpoint (config.json missing)")
