@@ -1,4 +1,5 @@
-"""Sharded analytical scores over torch.distributed (gloo, 2 CPU processes started here) == one process."""
+"""Sharded analytical scores and memorization over torch.distributed (gloo, 2 CPU processes started
+here) == one process."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from scoredyn.analytic import Empirical, NoiseAgnostic
+from scoredyn.metrics import memorization
 
 WORLD = 2
 
@@ -46,6 +48,12 @@ def evaluate(ms: dict[str, object], x: torch.Tensor, sigma: torch.Tensor) -> dic
     return out
 
 
+def memorization_arrays(x: torch.Tensor, train: torch.Tensor, group: object) -> dict[str, np.ndarray]:
+    m = memorization(x, train, sigma_min=0.1, group=group)
+    return {"mem_ratio": m["ratio"].numpy(), "mem_index": m["nn_index"].numpy().astype(np.float64),
+            "mem_distance": m["nn_distance"].numpy()}
+
+
 def worker(rank: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
@@ -53,6 +61,7 @@ def worker(rank: int, port: int, out_dir: str) -> None:
         data, x, sigma = problem()
         shard = data[:20] if rank == 0 else data[20:]  # uneven shards
         res = evaluate(models(shard, dist.group.WORLD), x, sigma)
+        res.update(memorization_arrays(x, shard, dist.group.WORLD))
         np.savez(Path(out_dir) / f"rank{rank}.npz", **res)
     finally:
         dist.destroy_process_group()
@@ -70,6 +79,7 @@ def test_two_gloo_ranks_equal_single_process(tmp_path):
     mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     data, x, sigma = problem()
     single = evaluate(models(data, None), x, sigma)
+    single.update(memorization_arrays(x, data, None))
     for rank in range(WORLD):
         got = np.load(tmp_path / f"rank{rank}.npz")
         for name, ref in single.items():

@@ -32,6 +32,7 @@ def memorization(
     k: float = 1.0,
     chunk_size: Optional[int] = None,
     quantiles: Sequence[float] = (0.05, 0.25, 0.5, 0.75, 0.95),
+    group: object = None,
 ) -> dict:
     """Memorization statistics of ``samples (B, *shape)`` against ``train (N, *shape)``, ``N >= 2``.
 
@@ -48,11 +49,17 @@ def memorization(
 
     Neighbours are exact (chunked over the training set, ``chunk_size`` rows per block) with the
     winners' distances recomputed in float64, so the ratio is right for near copies.
+
+    ``group``: a ``torch.distributed`` process group (DESIGN.md §7). Every rank passes the same
+    ``samples`` and its own shard of the training set (ranks in order of their shards); each finds its
+    local two nearest neighbours, one all-gather merges them, and ``nn_index`` indexes the
+    concatenation of the shards. Every rank gets the full result.
     """
     check_data("train", train, min_points=1)
-    if train.shape[0] < 2:
+    offset, n_total = (0, train.shape[0]) if group is None else _shard_offset(train.shape[0], train.device, group)
+    if n_total < 2:
         raise ValueError(
-            f"train has {train.shape[0]} point; the copy ratio d(NN1)/d(NN2) needs at least 2 training points"
+            f"train has {n_total} point; the copy ratio d(NN1)/d(NN2) needs at least 2 training points"
         )
     check_data("samples", samples, min_points=1)
     check_query(samples, tuple(train.shape[1:]), name="samples")
@@ -63,7 +70,14 @@ def memorization(
     if any(not 0.0 <= q <= 1.0 for q in qs):
         raise ValueError(f"quantiles must lie in [0, 1], got {list(quantiles)}")
 
-    dist, idx = knn_checked(samples, train, 2, chunk_size=chunk_size)
+    if train.shape[0] >= 2:
+        dist, idx = knn_checked(samples, train, 2, chunk_size=chunk_size)
+    else:  # a one-point shard: its second neighbour is "none"
+        dist, idx = knn_checked(samples, train, 1, chunk_size=chunk_size)
+        dist = torch.cat([dist, torch.full_like(dist, float("inf"))], 1)
+        idx = torch.cat([idx, torch.full_like(idx, -1)], 1)
+    if group is not None:
+        dist, idx = _merge_top2(dist, idx + offset, group)
     d1, d2 = dist[:, 0], dist[:, 1]
     ratio = torch.where(d2 > 0, d1 / d2.clamp_min(torch.finfo(d2.dtype).tiny), torch.zeros_like(d1))
     is_copy = ratio < COPY_RATIO
@@ -78,3 +92,28 @@ def memorization(
         "ratio": ratio,
         "is_copy": is_copy,
     }
+
+
+def _shard_offset(n_local: int, device: torch.device, group: object) -> tuple[int, int]:
+    """This rank's first global row and the total number of rows over the ranks of ``group``."""
+    import torch.distributed as dist
+
+    counts = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(counts, torch.tensor([n_local], dtype=torch.long, device=device), group=group)
+    sizes = [int(c) for c in counts]
+    return sum(sizes[: dist.get_rank(group)]), sum(sizes)
+
+
+def _merge_top2(dist_local: Tensor, idx_global: Tensor, group: object) -> tuple[Tensor, Tensor]:
+    """The two nearest over all ranks from each rank's ``(B, 2)`` distances and global indices."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size(group)
+    all_d = [torch.empty_like(dist_local) for _ in range(world)]
+    all_i = [torch.empty_like(idx_global) for _ in range(world)]
+    dist.all_gather(all_d, dist_local.contiguous(), group=group)
+    dist.all_gather(all_i, idx_global.contiguous(), group=group)
+    d, i = torch.cat(all_d, 1), torch.cat(all_i, 1)
+    best, pos = d.topk(2, dim=1, largest=False)
+    return best, i.gather(1, pos)
+
