@@ -28,6 +28,11 @@ def with_teleport(sampler: Sampler, gaussian: Any, sigma_skip: float) -> Sampler
     its own grid rather than one rebuilt from ``sigma_skip``), so it saves exactly the evaluations
     of the skipped steps. If no grid point is ``<= sigma_skip`` the jump goes to the last one.
     Callback indices stay those of the full grid.
+
+    Known limitation for stochastic samplers: the sampler sees only the remaining grid, so its noise
+    draws restart at step 0 after the jump and Heun's churn ``S_churn / N`` uses the remaining
+    number of steps. A teleported stochastic run is a valid run of that sampler, but not the
+    unskipped run's noise realisation from the same seeds; deterministic samplers are unaffected.
     """
     if not callable(sampler):
         raise ValueError(f"sampler must be callable, got {type(sampler).__name__}")
