@@ -84,7 +84,7 @@ def child_n(args: argparse.Namespace) -> dict:
     with PeakMemory(args.device) as mem:
         model(x, SIGMA)
     t = timed(lambda: model(x, SIGMA), args.repeats, args.device, warmup=False)
-    return dict(n=args.n, chunk=auto_chunk(args.b, args.n), median_s=t.median, times=t.times,
+    return dict(n=args.n, chunk=auto_chunk(args.n), median_s=t.median, times=t.times,
                 extra_mib=mem.extra_mib, how=mem.how, rss_mib=mib(rss), table_mib=model.trainset.table.numel() * 4 / 2**20)
 
 
@@ -104,7 +104,7 @@ def child_memmap(args: argparse.Namespace) -> dict:
     with PeakMemory("cpu") as mem:  # host memory: that is what a file larger than memory must not fill
         t = timed(lambda: model(x, SIGMA), args.repeats, args.device, warmup=True)
     peak_calls = mib(rss_before) + mem.extra_mib
-    return dict(n=int(arr.shape[0]), file_gb=os.path.getsize(args.path) / 1e9, chunk=auto_chunk(args.b, int(arr.shape[0])),
+    return dict(n=int(arr.shape[0]), file_gb=os.path.getsize(args.path) / 1e9, chunk=auto_chunk(int(arr.shape[0])),
                 t_open=t_open, median_s=t.median, times=t.times, rss_start_mib=mib(rss_start),
                 peak_open_mib=mib(peak_open), rss_before_calls_mib=mib(rss_before), peak_calls_mib=peak_calls,
                 peak_mib=max(mib(peak_open), peak_calls), how=mem.how)
@@ -201,7 +201,7 @@ def growth(args: argparse.Namespace) -> tuple[list[str], dict]:
               f"time {e_time:.2f} (expected ~1), extra memory {e_mem:.2f} (expected ~0)"
               + (f"; extra memory over the N that fill a whole chunk ({full_ns}): "
                  f"{e_mem_full:.2f}" if math.isfinite(e_mem_full) else "")
-              + ". The chunk is automatic (about 2^19 logits: at most 8192 rows, never more than N), so the "
+              + ". The chunk is automatic (2048 rows whatever the batch, never more than N), so the "
               "working set of a call grows with N only until N fills one chunk."]
     return lines, dict(rows=rows, exponent_time=e_time, exponent_memory=e_mem, exponent_memory_full_chunks=e_mem_full)
 

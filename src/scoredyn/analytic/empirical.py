@@ -24,7 +24,7 @@ from .base import AnalyticDenoiser
 Temperature = Union[float, Callable[[Tensor], Union[Tensor, float]]]
 
 
-def auto_chunk(n: int, per_row: int = 1, rows: int = 4096, least: int = 16) -> int:
+def auto_chunk(n: int, per_row: int = 1, rows: int = 2048, least: int = 16) -> int:
     """Training points per chunk: ``rows / per_row`` (``per_row`` terms per training point), at least
     ``least``, at most ``n``. It never depends on the batch, so a query's floating-point summation
     order, and hence its result, is the same alone or in any batch; extra memory is
