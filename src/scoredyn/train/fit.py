@@ -256,14 +256,19 @@ def _fit(model: Preconditioned, data: Union[Tensor, str], info: ddp.DistInfo, sd
     lo = info.rank * local
     loss_sum = torch.zeros((), device=dev)
     n_logged, t_log = 0, time.perf_counter()
+    draw = torch.float64 if dtype == torch.float64 else torch.float32  # noise drawn at the model's precision
+    pin = dev.type == "cuda"
     bar = tqdm(total=steps, initial=start, desc="train", disable=not progress or not info.is_main, dynamic_ncols=True)
     for step in range(start, steps):
         idx = sampler.indices(step)[lo : lo + local]
         sigma = sdist.sample(batch_size, gen)[lo : lo + local]
-        noise = torch.randn((batch_size, *data_t.shape[1:]), generator=gen)[lo : lo + local]
+        noise = torch.randn((batch_size, *data_t.shape[1:]), generator=gen, dtype=draw)[lo : lo + local]
+        if pin:  # page-locked host copies let the transfers run without blocking the host
+            sigma, noise = sigma.pin_memory(), noise.pin_memory()
         x0 = data_t[idx.to(dev)]
         with torch.autocast(**autocast):  # type: ignore[arg-type]
-            per_sample = loss_fn(model, x0, sigma.to(dev, dtype), noise.to(dev, dtype), weighting)
+            per_sample = loss_fn(model, x0, sigma.to(dev, dtype, non_blocking=pin),
+                                 noise.to(dev, dtype, non_blocking=pin), weighting)
         loss = per_sample.sum() / batch_size
         opt.zero_grad(set_to_none=True)
         loss.backward()
