@@ -260,6 +260,7 @@ def unconditional_ode(
         data = check_data("data", data)
         if tuple(data.shape[1:]) != tuple(x.shape[1:]):
             raise ValueError(f"data has point shape {tuple(data.shape[1:])}; expected {tuple(x.shape[1:])} like x")
+        data = data.to(device=x.device, dtype=torch.float64)  # once, not at every step
     sig = run.sigmas
     root_d = math.sqrt(x[0].numel())
     for i in run.steps():
