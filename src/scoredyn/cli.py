@@ -23,13 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name, fn in _COMMANDS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:  # a capability not built yet
-            if e.name != module_name:
-                raise
-            continue
-        getattr(module, fn)(sub)
+        getattr(importlib.import_module(module_name), fn)(sub)
     return parser
 
 
