@@ -158,7 +158,7 @@ def _trend_claim(cid: str, what: str, xs: list[float], copies: list[float], base
 
 
 def _unconditional(cfg: SmoothingConfig, ctx: Context, im: _Images) -> dict[str, Any]:
-    conf = {**_base(cfg, ctx), "heun": cfg.heun_steps, "levels": cfg.n_levels_unconditional}
+    conf = {**_base(cfg, ctx), "heun": cfg.heun_steps, "levels": cfg.n_levels_unconditional, "fix": "nn-estimate"}
 
     def work() -> dict[str, Any]:
         levels = sample.sigmas_geometric(cfg.n_levels_unconditional, im.sigma_max, cfg.sigma_min)
@@ -167,7 +167,7 @@ def _unconditional(cfg: SmoothingConfig, ctx: Context, im: _Images) -> dict[str,
         karras = sample.sigmas_karras(cfg.heun_steps, cfg.sigma_min, im.sigma_max)
         out: dict[str, Any] = {}
         x_plain = sample.euler(model, x0, karras, progress=ctx.progress)
-        x_fix = sample.unconditional_ode(model, x0, karras, progress=ctx.progress)
+        x_fix = sample.unconditional_ode(model, x0, karras, data=im.train, progress=ctx.progress)
         out["plain"], out["fixed"] = _measure(ctx, x_plain, im, cfg.sigma_min), _measure(ctx, x_fix, im, cfg.sigma_min)
         out["s_plain"], out["s_fixed"] = x_plain, x_fix
         return out
@@ -185,7 +185,7 @@ def _trained(cfg: SmoothingConfig, ctx: Context, im: _Images) -> dict[str, Any]:
         res = train_checkpoints(ctx, f"smoothing.train_{cond}", conf, spec, im.train, cfg.net, [cfg.net.steps],
                                 sigma_dist=dist, sigma_min=cfg.sigma_min, sigma_max=im.sigma_max,
                                 levels=len(levels) if dist == "geometric" else None)
-        aconf = {**conf, "heun": cfg.heun_steps}
+        aconf = {**conf, "heun": cfg.heun_steps, "fix": "nn-estimate"}
 
         def work(cond: str = cond, res: dict = res) -> dict[str, Any]:
             net = load_checkpoint(res, cfg.net.steps, ctx.device, im.shape)
@@ -194,7 +194,7 @@ def _trained(cfg: SmoothingConfig, ctx: Context, im: _Images) -> dict[str, Any]:
             r: dict[str, Any] = {}
             if cond == "unconditional":
                 xp = sample.euler(net, x0, karras, progress=ctx.progress)
-                xf = sample.unconditional_ode(net, x0, karras, progress=ctx.progress)
+                xf = sample.unconditional_ode(net, x0, karras, data=im.train, progress=ctx.progress)
                 r["plain"], r["fixed"] = _measure(ctx, xp, im, cfg.sigma_min), _measure(ctx, xf, im, cfg.sigma_min)
                 r["s_plain"], r["s_fixed"] = xp, xf
             else:
@@ -321,8 +321,8 @@ def run(cfg: SmoothingConfig, ctx: Context) -> StudyReport:
                 "supported" if cu <= cc + 0.05 and qr <= 1.5 else "not supported" if cu > cc + 0.05 else "inconclusive")
     imp_opt = unc["plain"][qk] - unc["fixed"][qk]
     imp_net = u["plain"][qk] - u["fixed"][qk]
-    c3c = Claim("smoothing.3c", "Plain probability-flow ODE sampling of an unconditional model overshoots; steps sized "
-                "by the model's own noise estimate fix it", "Zhou et al. 2026, Noise Unconditioning (sampling); DESIGN §8",
+    c3c = Claim("smoothing.3c", "Plain probability-flow ODE sampling of an unconditional model goes wrong; steps sized "
+                "by an estimate of each state's own noise level (here its nearest training point) fix it", "Zhou et al. 2026, Noise Unconditioning (sampling); DESIGN §8",
                 {f"{qk}_optimum_plain": unc["plain"][qk], f"{qk}_optimum_fixed": unc["fixed"][qk],
                  f"{qk}_net_plain": u["plain"][qk], f"{qk}_net_fixed": u["fixed"][qk]},
                 f"the fix lowers {qname} for both the optimum and the trained network: supported; for neither: "
@@ -333,9 +333,9 @@ def run(cfg: SmoothingConfig, ctx: Context) -> StudyReport:
                ["model", "sampler", "copy frac.", "NN median", "SW", "FID", "KID"],
                [["empirical score (conditional optimum)", "PF-ODE Heun", *_cols(emp["m0"])],
                 ["NoiseAgnostic unconditional optimum", "plain PF-ODE Euler", *_cols(unc["plain"])],
-                ["NoiseAgnostic unconditional optimum", "unconditional_ode (fix)", *_cols(unc["fixed"])],
+                ["NoiseAgnostic unconditional optimum", "unconditional_ode (fix, nearest-neighbour noise estimate)", *_cols(unc["fixed"])],
                 ["trained unconditional MLP", "plain PF-ODE Euler", *_cols(u["plain"])],
-                ["trained unconditional MLP", "unconditional_ode (fix)", *_cols(u["fixed"])],
+                ["trained unconditional MLP", "unconditional_ode (fix, nearest-neighbour noise estimate)", *_cols(u["fixed"])],
                 ["trained EDM MLP (conditional)", "PF-ODE Heun", *_cols(ec["heun"])]],
                f"All samplers on the same Karras grid ({cfg.heun_steps} levels, sigma in [{cfg.sigma_min}, "
                f"{sig(im.sigma_max)}]) from the same seeds. The unconditional optimum and network use "
