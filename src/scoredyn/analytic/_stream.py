@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._dist import shard_offset
+
 
 class Partial(NamedTuple):
     """Per-query partial state of a streamed softmax average (see module docstring)."""
@@ -233,33 +235,6 @@ def array_blocks(arr: np.ndarray, chunk: int, device: torch.device, dtype: torch
         yield augment(host.to(device=device, dtype=dtype, non_blocking=pin))
 
 
-def all_gather_topk(logits: Tensor, points: Tensor, k: int, group: object = None) -> tuple[Tensor, Tensor]:
-    """Global top-k over the ranks of ``group`` from each rank's local ``(B, k_r)`` logits and ``(B, k_r, d)`` points."""
-    import torch.distributed as dist
-
-    b, kr = logits.shape
-    if kr < k:  # pad so every rank contributes k candidates
-        logits = torch.cat([logits, logits.new_full((b, k - kr), -math.inf)], 1)
-        points = torch.cat([points, points.new_zeros(b, k - kr, points.shape[2])], 1)
-    world = dist.get_world_size(group)
-    all_l = [torch.empty_like(logits) for _ in range(world)]
-    all_p = [torch.empty_like(points) for _ in range(world)]
-    dist.all_gather(all_l, logits.contiguous(), group=group)
-    dist.all_gather(all_p, points.contiguous(), group=group)
-    lg, pts = torch.cat(all_l, 1), torch.cat(all_p, 1)
-    top, pos = lg.topk(k, dim=1)
-    return top, pts.gather(1, pos[:, :, None].expand(-1, -1, pts.shape[2]))
-
-
-def all_reduce_count(n: int, device: torch.device, group: object = None) -> int:
-    """Total number of training points over the ranks of ``group``."""
-    import torch.distributed as dist
-
-    t = torch.tensor([n], dtype=torch.int64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
-    return int(t.item())
-
-
 class TrainingSet(torch.nn.Module):
     """The training points of an analytical score, streamed in augmented blocks.
 
@@ -294,7 +269,7 @@ class TrainingSet(torch.nn.Module):
         self.n_local = shape[0]
         self.dim = int(np.prod(self.data_shape))
         self.group = group
-        self.n_points = self.n_local if group is None else all_reduce_count(self.n_local, self.anchor.device, group)
+        self.n_points = self.n_local if group is None else shard_offset(self.n_local, self.anchor.device, group)[1]
 
     def blocks(self, chunk: int) -> Iterable[Tensor]:
         """Augmented ``(c, d + 2)`` blocks of the local training points."""

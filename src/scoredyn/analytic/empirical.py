@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from .._checks import check_positive, on_host
-from ._stream import TrainingSet, all_gather_topk, stream_logits, stream_topk
+from .._dist import all_gather_topk
+from ._stream import TrainingSet, stream_logits, stream_topk
 from .base import AnalyticDenoiser
 
 Temperature = Union[float, Callable[[Tensor], Union[Tensor, float]]]

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_data, check_positive, check_query
+from .._dist import all_gather_topk, shard_offset
 from .knn import knn_checked
 
 COPY_RATIO = 1.0 / 3.0
@@ -56,7 +57,7 @@ def memorization(
     concatenation of the shards. Every rank gets the full result.
     """
     check_data("train", train, min_points=1)
-    offset, n_total = (0, train.shape[0]) if group is None else _shard_offset(train.shape[0], train.device, group)
+    offset, n_total = (0, train.shape[0]) if group is None else shard_offset(train.shape[0], train.device, group)
     if n_total < 2:
         raise ValueError(
             f"train has {n_total} point; the copy ratio d(NN1)/d(NN2) needs at least 2 training points"
@@ -77,7 +78,7 @@ def memorization(
         dist = torch.cat([dist, torch.full_like(dist, float("inf"))], 1)
         idx = torch.cat([idx, torch.full_like(idx, -1)], 1)
     if group is not None:
-        dist, idx = _merge_top2(dist, idx + offset, group)
+        dist, idx = all_gather_topk(dist, idx + offset, 2, group, largest=False)
     d1, d2 = dist[:, 0], dist[:, 1]
     ratio = torch.where(d2 > 0, d1 / d2.clamp_min(torch.finfo(d2.dtype).tiny), torch.zeros_like(d1))
     is_copy = ratio < COPY_RATIO
@@ -92,28 +93,3 @@ def memorization(
         "ratio": ratio,
         "is_copy": is_copy,
     }
-
-
-def _shard_offset(n_local: int, device: torch.device, group: object) -> tuple[int, int]:
-    """This rank's first global row and the total number of rows over the ranks of ``group``."""
-    import torch.distributed as dist
-
-    counts = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(counts, torch.tensor([n_local], dtype=torch.long, device=device), group=group)
-    sizes = [int(c) for c in counts]
-    return sum(sizes[: dist.get_rank(group)]), sum(sizes)
-
-
-def _merge_top2(dist_local: Tensor, idx_global: Tensor, group: object) -> tuple[Tensor, Tensor]:
-    """The two nearest over all ranks from each rank's ``(B, 2)`` distances and global indices."""
-    import torch.distributed as dist
-
-    world = dist.get_world_size(group)
-    all_d = [torch.empty_like(dist_local) for _ in range(world)]
-    all_i = [torch.empty_like(idx_global) for _ in range(world)]
-    dist.all_gather(all_d, dist_local.contiguous(), group=group)
-    dist.all_gather(all_i, idx_global.contiguous(), group=group)
-    d, i = torch.cat(all_d, 1), torch.cat(all_i, 1)
-    best, pos = d.topk(2, dim=1, largest=False)
-    return best, i.gather(1, pos)
-
