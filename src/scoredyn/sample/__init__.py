@@ -23,6 +23,7 @@ from .grids import (
     sigmas_loglinear,
 )
 from .noise import noise
+from .pc import pc
 from .ode import autonomous, nearest_distance, ode_adaptive, ode_adaptive_sampler, unconditional_ode
 from .solvers import annealed_langevin, dpmpp_2m, euler, euler_maruyama, heun, unipc
 from .teleport import teleport, with_teleport
@@ -34,6 +35,7 @@ SAMPLERS: Dict[str, Callable[..., Tensor]] = {
     "unipc": unipc,
     "euler_maruyama": euler_maruyama,
     "annealed_langevin": annealed_langevin,
+    "pc": pc,
     "ode_adaptive": ode_adaptive_sampler,
     "unconditional_ode": unconditional_ode,
 }
@@ -60,6 +62,7 @@ __all__ = [
     "ncsn_variance_ratio",
     "nearest_distance",
     "noise",
+    "pc",
     "ode_adaptive",
     "ode_adaptive_sampler",
     "sigmas_for",
