@@ -13,6 +13,7 @@ from .distances import MMD_BANDWIDTH_NOTE, PrecisionRecall, energy_distance, mmd
 from .expansion import ExpansionFactor, expansion_factor
 from .features import FEATURE_NOTE, feature_net_info, features, load_feature_net
 from .fid import fid, frechet_distance, gaussian_moments, kid
+from .generalization import FidTrainTest, fid_train_test
 from .knn import knn
 from .memorization import COPY_RATIO, memorization
 from .score_agreement import unexplained_variance
@@ -27,7 +28,9 @@ __all__ = [
     "expansion_factor",
     "feature_net_info",
     "features",
+    "FidTrainTest",
     "fid",
+    "fid_train_test",
     "frechet_distance",
     "gaussian_moments",
     "kid",
