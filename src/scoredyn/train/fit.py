@@ -29,10 +29,11 @@ from . import distributed as ddp
 from .ema import EMA
 from .loss import check_weighting, default_weighting, denoising_loss
 from .sigma_dist import Levels, SigmaDist
+from .tempered import Tempering
 
 # Arguments that must not change when a run is resumed (anything else, e.g. steps, may).
 _RESUME_KEYS = ("sigma_dist", "weighting", "batch_size", "lr", "warmup", "grad_clip", "weight_decay", "betas",
-                "ema_decay", "ema_warmup", "seed", "data")
+                "ema_decay", "ema_warmup", "seed", "data", "tempering")
 
 
 class EpochSampler:
@@ -145,6 +146,7 @@ def fit(
     data_root: Optional[str] = None,
     data_n: Optional[int] = None,
     on_checkpoint: Optional[Callable[[int, Path], None]] = None,
+    tempering: Optional[Tempering] = None,
 ) -> Preconditioned:
     """Denoising score matching (``scoredyn.train.loss``) with AdamW; returns the EMA denoiser.
 
@@ -157,7 +159,8 @@ def fit(
     wraps the loss in ``torch.compile``. With ``out``: JSON-lines metrics in
     ``out/metrics.jsonl`` every ``log_every`` steps, a checkpoint every ``ckpt_every`` steps and at
     the end, and with ``resume`` training continues exactly from ``out``'s latest checkpoint.
-    ``on_checkpoint(step, path)`` is called after each checkpoint. Under ``torchrun`` the global
+    ``on_checkpoint(step, path)`` is called after each checkpoint. ``tempering``: Zhou et al.'s
+    temperature-smoothed target below ``sigma_c`` (:mod:`scoredyn.train.tempered`). Under ``torchrun`` the global
     batch is split over the ranks (see ``scoredyn.train.distributed``). The global torch RNG is
     seeded with ``seed + rank`` (it drives dropout only) and saved in checkpoints.
     """
@@ -188,7 +191,7 @@ def fit(
                     warmup=warmup, grad_clip=grad_clip, weight_decay=weight_decay, betas=tuple(float(b) for b in betas),
                     ema_decay=ema_decay, ema_warmup=ema_warmup, seed=seed, out=out, ckpt_every=ckpt_every, keep=keep,
                     log_every=log_every, resume=resume, compile=compile, bf16=bf16, progress=progress, data_root=data_root,
-                    data_n=data_n, on_checkpoint=on_checkpoint)
+                    data_n=data_n, on_checkpoint=on_checkpoint, tempering=tempering)
     finally:
         ddp.teardown(info)
 
@@ -197,8 +200,8 @@ def _fit(model: Preconditioned, data: Union[Tensor, str], info: ddp.DistInfo, sd
          batch_size: int, lr: float, weighting: str, warmup: int, grad_clip: float, weight_decay: float,
          betas: tuple[float, ...], ema_decay: float, ema_warmup: bool, seed: int, out: Union[str, Path, None],
          ckpt_every: int, keep: int, log_every: int, resume: bool, compile: bool, bf16: bool, progress: bool,
-         data_root: Optional[str], data_n: Optional[int], on_checkpoint: Optional[Callable[[int, Path], None]]
-         ) -> Preconditioned:
+         data_root: Optional[str], data_n: Optional[int], on_checkpoint: Optional[Callable[[int, Path], None]],
+         tempering: Optional[Tempering] = None) -> Preconditioned:
     dev = info.device
     data_t, data_desc = _load_data(data, data_root, data_n, seed)
     n = data_t.shape[0]
@@ -224,7 +227,8 @@ def _fit(model: Preconditioned, data: Union[Tensor, str], info: ddp.DistInfo, sd
         "train": {"sigma_dist": sdist.config(), "weighting": weighting, "batch_size": batch_size, "lr": lr,
                   "warmup": warmup, "grad_clip": grad_clip, "weight_decay": weight_decay, "betas": list(betas),
                   "ema_decay": ema_decay, "ema_warmup": ema_warmup, "seed": seed, "data": data_desc,
-                  "steps": steps, "world_size": info.world},
+                  "steps": steps, "world_size": info.world,
+                  "tempering": None if tempering is None else tempering.as_dict()},
     }
 
     start = 0
@@ -250,6 +254,7 @@ def _fit(model: Preconditioned, data: Union[Tensor, str], info: ddp.DistInfo, sd
         out_p.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
         _truncate_log(log_path, start)
 
+    table = None if tempering is None else tempering.neighbours(data_t)
     loss_fn = torch.compile(denoising_loss) if compile else denoising_loss
     autocast = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=bf16 and dev.type == "cuda")
     local = batch_size // info.world
@@ -266,9 +271,13 @@ def _fit(model: Preconditioned, data: Union[Tensor, str], info: ddp.DistInfo, sd
         if pin:  # page-locked host copies let the transfers run without blocking the host
             sigma, noise = sigma.pin_memory(), noise.pin_memory()
         x0 = data_t[idx.to(dev)]
+        sigma, noise = sigma.to(dev, dtype, non_blocking=pin), noise.to(dev, dtype, non_blocking=pin)
+        target = None
+        if tempering is not None:
+            target = tempering.denoiser_target(x0 + sigma.reshape(-1, *[1] * (x0.dim() - 1)) * noise, sigma, x0,
+                                               data_t[table[idx.to(dev)]])
         with torch.autocast(**autocast):  # type: ignore[arg-type]
-            per_sample = loss_fn(model, x0, sigma.to(dev, dtype, non_blocking=pin),
-                                 noise.to(dev, dtype, non_blocking=pin), weighting)
+            per_sample = loss_fn(model, x0, sigma, noise, weighting, target)
         loss = per_sample.sum() / batch_size
         opt.zero_grad(set_to_none=True)
         loss.backward()
