@@ -88,7 +88,7 @@ class SmoothingConfig:
     gamma_ratio: float = 1.05
     gamma_points: int = 8
     domination_sigmas: tuple[float, ...] = (0.05, 0.2, 1.0)
-    gate_excess: float = 0.5  # quality gate: excess loss over the exact optimum's, relative
+    gate_plateau: float = 0.1  # quality gate: the loss fell at most this much (relative) over the last fifth
     temperatures: tuple[float, ...] = (1.0, 1e2, 1e4)  # extension: sampling-time tempering of the empirical score
     net: NetConfig = field(default_factory=lambda: NetConfig(hidden=256, depth=3, batch_size=128, lr=1e-3, steps=1500))
     budget_s: float = 240.0

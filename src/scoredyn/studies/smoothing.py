@@ -20,6 +20,7 @@ The paper's two *training* methods, as it defines them, at our scale:
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict
 from typing import Any, Optional
@@ -147,7 +148,10 @@ def _train(cfg: SmoothingConfig, ctx: Context, im: _Images, name: str, cond: str
                         log_every=max(1, cfg.net.steps // 10), weighting=WEIGHTING[cond], tempering=tempering)
         return {"spec": spec, **{f"w.{k}": v.detach().cpu().clone() for k, v in ema.state_dict().items()}}
 
-    return ctx.stages.run(name, conf, work)
+    res = ctx.stages.run(name, conf, work)
+    log = ctx.stages.artifacts(name, conf) / "metrics.jsonl"  # the training run's loss log (kept with the stage)
+    res["losses"] = [json.loads(line)["loss"] for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    return res
 
 
 def _load(res: dict[str, Any], ctx: Context, im: _Images) -> Any:
@@ -155,6 +159,15 @@ def _load(res: dict[str, Any], ctx: Context, im: _Images) -> Any:
     model.load_state_dict({k[2:]: v for k, v in res.items() if k.startswith("w.")})
     model.data_shape = im.shape
     return model.to(ctx.device).eval().requires_grad_(False)
+
+
+def plateau_drop(losses: list[float]) -> float:
+    """Relative fall of the logged training loss from the second-to-last to the last fifth of training."""
+    k = max(1, len(losses) // 5)
+    if len(losses) < 2 * k:
+        return float("nan")
+    before, last = sum(losses[-2 * k : -k]) / k, sum(losses[-k:]) / k
+    return (before - last) / before
 
 
 def _excess_loss(cfg: SmoothingConfig, ctx: Context, im: _Images, net: Any, optimum: Any,
@@ -336,7 +349,8 @@ def run(cfg: SmoothingConfig, ctx: Context) -> StudyReport:
 
     # 2 ----------------------------------------------------------------------------------------
     gates = [met[f"gate{i}"] for i in range(3)]
-    passed = [g["excess_rel"] <= cfg.gate_excess for g in gates]
+    drops = [plateau_drop(list(res["losses"])) for res, _, _ in met["trained"].values()]
+    passed = [dr == dr and dr <= cfg.gate_plateau for dr in drops]
     m = {(mi, si): met[f"net{mi}_{si}"] for mi in range(3) for si in range(2)}
     rows = []
     for mi, name in enumerate(MODELS):
@@ -353,12 +367,15 @@ def run(cfg: SmoothingConfig, ctx: Context) -> StudyReport:
                "FID on the project's digits classifier features against equal-size references (a train subset the size "
                "of the test set); not comparable with Inception FIDs. The exact optima are sampled on "
                f"{cfg.n_reference_samples} samples only.")
-    tg = Table("smoothing_gate", "Quality gate: each network's training objective against its exact optimum's",
-               ["network", "loss (net)", "loss (optimum)", "excess / optimum", "passes"],
-               [[f"{n} network", g["loss_net"], g["loss_optimum"], g["excess_rel"], p]
-                for n, g, p in zip(MODELS, gates, passed)],
-               f"Fixed draws (4096) of the training law; a network is judged only when its excess loss is at most "
-               f"{cfg.gate_excess:g} x the optimum's loss.")
+    tg = Table("smoothing_gate", "Quality gate (loss plateau) and each network's objective against its exact optimum's",
+               ["network", "loss fall over the last fifth", "passes", "loss (net)", "loss (exact optimum)",
+                "excess / optimum"],
+               [[f"{n} network", dr, p, g["loss_net"], g["loss_optimum"], g["excess_rel"]]
+                for n, g, p, dr in zip(MODELS, gates, passed, drops)],
+               f"A network is judged only when its logged training loss fell by at most {cfg.gate_plateau:g} (relative) "
+               "from the second-to-last to the last fifth of training (a plateau). The losses are the training "
+               "objective at 4096 fixed draws of the training law; the exact optimum (Empirical, NoiseAgnostic, "
+               "TemperedOptimum) is the zero-loss reference: the excess is how far the network is from it.")
     tp = Table("smoothing_paper_table1", "The paper's Table 1 (Inception FID, pixel-space KNN), for comparison",
                ["data", "sampler", "setting", "FID(G, train)", "FID(G, test)", "test/train"],
                [[a, b, c, tr, te, te / tr] for a, b, c, tr, te in PAPER_TABLE1])
@@ -377,8 +394,9 @@ def run(cfg: SmoothingConfig, ctx: Context) -> StudyReport:
         {"copy_conditional": cond_c, "copy_unconditional": unc_c, "fid_test_ratio_uncond_over_cond": qr_u,
          "paper_fid_test_ratio": 7.34 / 6.56, "gate_passed": gate_u},
         "both networks pass the quality gate, copy(unconditional) <= copy(conditional) + 0.05 and FID(test) ratio "
-        "<= 1.5: supported; copy more than 0.05 higher: not supported; else (or a gate failed) inconclusive",
-        _verdict(gate_u and unc_c <= cond_c + 0.05 and qr_u <= 1.5, gate_u and unc_c > cond_c + 0.05)))
+        "<= 1.5: supported; copy more than 0.05 higher or FID(test) ratio > 3: not supported; else (or a gate failed) "
+        "inconclusive",
+        _verdict(gate_u and unc_c <= cond_c + 0.05 and qr_u <= 1.5, gate_u and (unc_c > cond_c + 0.05 or qr_u > 3))))
     claims2.append(Claim(
         "smoothing.2b", "Temperature smoothing: the tempered network memorizes less than the unconditional one, "
         "while its quality stays close (SDE (PC) sampling)", "Zhou et al. 2026, §4 Temperature Smoothing; Table 1",
@@ -432,14 +450,16 @@ def run(cfg: SmoothingConfig, ctx: Context) -> StudyReport:
     names = gex["names"]
     curves = {n: gex[f"g{i}"] for i, n in enumerate(names)}
     peak = {n: max(c) for n, c in curves.items()}
-    nets_peak = max(peak[f"{n} network"] for n in MODELS)
+    judged = [n for n, p in zip(MODELS, passed) if p]
+    nets_peak = max((peak[f"{n} network"] for n in judged), default=float("nan"))
     c3a = Claim("smoothing.3a", "Trained networks have expansion factors orders of magnitude below the empirical "
                 "score's (Fig. 4: ~1e3 vs ~1-2)", "Zhou et al. 2026, §3.2, Fig. 4",
-                {"peak_empirical": peak["empirical score"], "peak_networks": nets_peak,
-                 "ratio": peak["empirical score"] / nets_peak},
-                "peak gamma_ex over the sweep: empirical / largest network >= 10: supported; < 2: not supported; "
-                "else inconclusive",
-                _verdict(peak["empirical score"] >= 10 * nets_peak, peak["empirical score"] < 2 * nets_peak))
+                {"peak_empirical": peak["empirical score"], "peak_networks_passing_gate": nets_peak,
+                 "networks_passing_gate": len(judged), "ratio": peak["empirical score"] / nets_peak},
+                "over the networks that pass the quality gate, peak gamma_ex over the sweep: empirical / largest "
+                "network >= 10: supported; < 2: not supported; else (or no network passes) inconclusive",
+                _verdict(bool(judged) and peak["empirical score"] >= 10 * nets_peak,
+                         bool(judged) and peak["empirical score"] < 2 * nets_peak))
     c3b = Claim("smoothing.3b", "Unconditioning and tempering lower gamma_ex: tempered optimum < unconditional optimum < "
                 "empirical score", "Zhou et al. 2026, §3.2 and §4, Fig. 4",
                 {"peak_empirical": peak["empirical score"], "peak_unconditional": peak["unconditional optimum"],
