@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
@@ -26,6 +25,7 @@ from .._io import atomic_write_text
 from ..nets.precondition import Preconditioned, build
 from . import checkpoint as ckpt_io
 from . import distributed as ddp
+from .divergence import DivergenceMonitor
 from .ema import EMA
 from .loss import check_weighting, default_weighting, denoising_loss
 from .sigma_dist import Levels, SigmaDist
@@ -138,6 +138,7 @@ def fit(
     keep: int = 2,
     log_every: int = 100,
     resume: bool = True,
+    overwrite: bool = False,
     device: Union[str, torch.device, None] = None,
     compile: bool = False,
     bf16: bool = True,
@@ -156,7 +157,10 @@ def fit(
     autocast unless ``bf16=False`` (never on CPU; the loss and optimizer stay float32); ``compile``
     wraps the loss in ``torch.compile``. With ``out``: JSON-lines metrics in
     ``out/metrics.jsonl`` every ``log_every`` steps, a checkpoint every ``ckpt_every`` steps and at
-    the end, and with ``resume`` training continues exactly from ``out``'s latest checkpoint.
+    the end, and with ``resume`` training continues exactly from ``out``'s newest valid checkpoint;
+    ``resume=False`` on a non-empty ``out`` needs ``overwrite`` (the old run is moved aside, see
+    ``scoredyn.train.checkpoint.prepare_run``). ``out`` is locked against a second writer. A loss
+    growing 1000x over its running median stops training (``scoredyn.train.divergence``).
     ``on_checkpoint(step, path)`` is called after each checkpoint. Under ``torchrun`` the global
     batch is split over the ranks (see ``scoredyn.train.distributed``). The global torch RNG is
     seeded with ``seed + rank`` (it drives dropout only) and saved in checkpoints.
@@ -183,20 +187,24 @@ def fit(
     weighting = check_weighting(weighting if weighting is not None else default_weighting(model.conditioning))
 
     info = ddp.setup(device)
+    lock = None
     try:
+        lock = ckpt_io.lock_run(out) if out is not None and info.is_main else None
         return _fit(model, data, info, sdist, steps=steps, batch_size=batch_size, lr=lr, weighting=weighting,
                     warmup=warmup, grad_clip=grad_clip, weight_decay=weight_decay, betas=tuple(float(b) for b in betas),
                     ema_decay=ema_decay, ema_warmup=ema_warmup, seed=seed, out=out, ckpt_every=ckpt_every, keep=keep,
-                    log_every=log_every, resume=resume, compile=compile, bf16=bf16, progress=progress, data_root=data_root,
+                    log_every=log_every, resume=resume, overwrite=overwrite, compile=compile, bf16=bf16, progress=progress, data_root=data_root,
                     data_n=data_n, on_checkpoint=on_checkpoint)
     finally:
+        if lock is not None:
+            lock.release()
         ddp.teardown(info)
 
 
 def _fit(model: Preconditioned, data: Union[Tensor, str], info: ddp.DistInfo, sdist: SigmaDist, *, steps: int,
          batch_size: int, lr: float, weighting: str, warmup: int, grad_clip: float, weight_decay: float,
          betas: tuple[float, ...], ema_decay: float, ema_warmup: bool, seed: int, out: Union[str, Path, None],
-         ckpt_every: int, keep: int, log_every: int, resume: bool, compile: bool, bf16: bool, progress: bool,
+         ckpt_every: int, keep: int, log_every: int, resume: bool, overwrite: bool, compile: bool, bf16: bool, progress: bool,
          data_root: Optional[str], data_n: Optional[int], on_checkpoint: Optional[Callable[[int, Path], None]]
          ) -> Preconditioned:
     dev = info.device
@@ -229,8 +237,11 @@ def _fit(model: Preconditioned, data: Union[Tensor, str], info: ddp.DistInfo, sd
 
     start = 0
     out_p = Path(out) if out is not None else None
-    if out_p is not None and resume and ckpt_io.has_checkpoint(out_p):
-        ck = ckpt_io.find_checkpoint(out_p)
+    if out_p is not None and info.is_main:
+        ckpt_io.prepare_run(out_p, resume=resume, overwrite=overwrite)
+    ddp.barrier(info)
+    ck = ckpt_io.resume_point(out_p) if out_p is not None and resume else None
+    if ck is not None:
         saved = ckpt_io.read_config(ck)
         if saved["model"] != model.spec():
             raise ValueError(f"cannot resume from {ck}: it holds model {saved['model']}, not {model.spec()}; "
@@ -255,6 +266,7 @@ def _fit(model: Preconditioned, data: Union[Tensor, str], info: ddp.DistInfo, sd
     local = batch_size // info.world
     lo = info.rank * local
     loss_sum = torch.zeros((), device=dev)
+    monitor = DivergenceMonitor(lr, data_t, reduce=lambda t: ddp.all_reduce_sum(t, info))
     n_logged, t_log = 0, time.perf_counter()
     draw = torch.float64 if dtype == torch.float64 else torch.float32  # noise drawn at the model's precision
     pin = dev.type == "cuda"
@@ -280,13 +292,13 @@ def _fit(model: Preconditioned, data: Union[Tensor, str], info: ddp.DistInfo, sd
         opt.step()
         decay = ema.update(model, step)
         loss_sum += loss.detach().float()
+        monitor.record(loss)
         n_logged += 1
         done = step + 1
         bar.update(1)
         if done % log_every == 0 or done == steps:
+            monitor.check(done)
             mean_loss = float(ddp.all_reduce_sum(loss_sum, info)) / n_logged
-            if not math.isfinite(mean_loss):
-                raise RuntimeError(f"training diverged: loss {mean_loss} at step {done}; lower lr or raise warmup")
             now = time.perf_counter()
             rec = {"step": done, "loss": mean_loss, "lr": lr_now, "ema_decay": decay,
                    "grad_norm": None if grad_norm is None else float(grad_norm), "it_s": n_logged / (now - t_log)}
@@ -298,6 +310,7 @@ def _fit(model: Preconditioned, data: Union[Tensor, str], info: ddp.DistInfo, sd
             loss_sum.zero_()
             n_logged, t_log = 0, now
         if out_p is not None and (done % ckpt_every == 0 or done == steps):
+            monitor.check(done)
             if not bool(torch.isfinite(torch.cat([p.detach().reshape(-1) for p in params])).all()):
                 raise RuntimeError(f"training diverged: non-finite weights at step {done}; lower lr or raise warmup")
             if info.is_main:
