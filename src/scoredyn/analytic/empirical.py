@@ -42,6 +42,23 @@ def check_chunk(chunk_size: Optional[int]) -> Optional[int]:
     return chunk_size
 
 
+def check_device(device: Optional[Union[str, torch.device]]) -> Optional[torch.device]:
+    """``None`` or a torch device that exists on this machine (a clear error instead of torch's assert)."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device={device!r} is not a torch device ({e}); expected e.g. 'cpu', 'cuda' or 'cuda:1'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} but CUDA is not available here (torch {torch.__version__}, built for "
+                             f"CUDA {torch.version.cuda}); use device='cpu' or a machine with a GPU")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
 def check_output(name: str, out: Tensor) -> Tensor:
     """Refuse to return NaN/Inf: say which model overflowed and what to do; and make reverse-mode
     autograd through the streamed kernel fail with a clear error (see :func:`forward_mode_only`)."""
@@ -113,7 +130,7 @@ class Empirical(AnalyticDenoiser):
         device: Optional[Union[str, torch.device]] = None,
     ) -> None:
         super().__init__()
-        self.trainset = TrainingSet(data, device, group)
+        self.trainset = TrainingSet(data, check_device(device), group)
         self.data_shape = self.trainset.data_shape
         self.n_points = self.trainset.n_points
         self.dim = self.trainset.dim

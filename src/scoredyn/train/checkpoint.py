@@ -359,6 +359,7 @@ def read_config(ckpt: PathLike) -> dict[str, Any]:
     for key in ("model", "files", "step", "optimizer"):
         if key not in cfg:
             raise ValueError(f"{path} lacks the {key!r} entry; the checkpoint is incomplete")
+    check_config_types(path, cfg)
     for fname in FILES:
         fpath = ckpt / fname
         if not fpath.is_file():
@@ -366,6 +367,51 @@ def read_config(ckpt: PathLike) -> dict[str, Any]:
         if _sha256(fpath) != cfg["files"].get(fname):
             raise ValueError(f"checkpoint file {fpath} is corrupted or truncated (sha256 differs from config.json)")
     return cfg
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_config_types(path: Path, cfg: dict[str, Any]) -> None:
+    """The entries of a checkpoint config that code reads, with the types it expects (naming file and key)."""
+    def need(key: str, value: Any, ok: bool, expected: str) -> None:
+        if not ok:
+            raise ValueError(f"{path}: {key} is {value!r} ({type(value).__name__}); expected {expected}")
+
+    need("step", cfg["step"], _is_int(cfg["step"]) and cfg["step"] >= 0, "an integer >= 0")
+    shape = cfg.get("data_shape")
+    if shape is not None:
+        need("data_shape", shape, isinstance(shape, list) and all(_is_int(s) and s > 0 for s in shape),
+             "a list of positive integers")
+    model = cfg["model"]
+    need("model", model, isinstance(model, dict), "an object with net, net_kwargs, conditioning")
+    for key, ok, expected in (("net", isinstance(model.get("net"), str), "a network class name"),
+                              ("net_kwargs", isinstance(model.get("net_kwargs"), dict), "an object"),
+                              ("conditioning", isinstance(model.get("conditioning"), str), "a conditioning name")):
+        need(f"model.{key}", model.get(key), ok, expected)
+    if "sigma_data" in model:
+        need("model.sigma_data", model["sigma_data"], _is_number(model["sigma_data"]), "a number")
+    for key, value in model["net_kwargs"].items():
+        if key in ("dim", "hidden", "depth", "channels", "base", "num_blocks"):
+            need(f"model.net_kwargs.{key}", value, _is_int(value) and value > 0, "a positive integer")
+    need("files", cfg["files"], isinstance(cfg["files"], dict), "an object of sha256 strings")
+    opt = cfg["optimizer"]
+    need("optimizer", opt, isinstance(opt, dict) and isinstance(opt.get("param_groups"), list),
+         "an object with a param_groups list")
+    train = cfg.get("train")
+    if train is not None:
+        need("train", train, isinstance(train, dict), "an object")
+        sd = train.get("sigma_dist")
+        if sd is not None:
+            need("train.sigma_dist", sd, isinstance(sd, dict), "an object")
+            for key in ("sigma_min", "sigma_max"):
+                if key in sd:
+                    need(f"train.sigma_dist.{key}", sd[key], _is_number(sd[key]) and sd[key] > 0, "a positive number")
 
 
 def _load_tensors(path: Path, device: Union[str, torch.device] = "cpu") -> dict[str, Tensor]:
@@ -407,7 +453,10 @@ def load_optimizer(optimizer: torch.optim.Optimizer, ckpt: Path, meta: dict[str,
 
 def rebuild(cfg: dict[str, Any], device: Union[str, torch.device] = "cpu") -> Preconditioned:
     """The (untrained) denoiser described by a checkpoint config."""
-    model = build(cfg["model"]).to(device)
+    try:
+        model = build(cfg["model"]).to(device)
+    except ValueError as e:
+        raise ValueError(f"the model entry of the checkpoint config cannot be rebuilt: {e}") from None
     shape = cfg.get("data_shape")
     if shape is not None:
         model.data_shape = tuple(int(s) for s in shape)
