@@ -104,7 +104,8 @@ def optimizer_from_flat(tensors: dict[str, Tensor], meta: dict[str, Any]) -> dic
 
 
 _WRITTEN: set[Path] = set()
-"""Checkpoint directories this process wrote (the only ones :func:`save_checkpoint` may prune)."""
+"""Checkpoint directories this writer session (since its :func:`prepare_run`) wrote: the only ones
+:func:`save_checkpoint` may prune."""
 
 
 def save_checkpoint(
@@ -227,6 +228,8 @@ def prepare_run(out: PathLike, *, resume: bool = True, overwrite: bool = False) 
         raise ValueError(f"run folder {out} is an existing file; expected a folder (or a path that does not exist yet)")
     if not out.exists():
         return
+    mine = (out / "ckpt").resolve()  # a new writer session: what earlier sessions wrote is not ours to prune
+    _WRITTEN.difference_update({p for p in _WRITTEN if p.parent == mine})
     for tmp in out.glob(".latest.*"):  # an atomic write of `latest` cut short (we hold the lock)
         tmp.unlink(missing_ok=True)
     for tmp in out.glob(".metrics.jsonl.*"):
@@ -328,6 +331,10 @@ def find_checkpoint(path: PathLike) -> Path:
         if not (target / "config.json").is_file():
             raise FileNotFoundError(f"{latest} points to {target}, which holds no checkpoint (config.json missing)")
         return target
+    found = sorted(f"ckpt/{c.name}" for c in (p / "ckpt").glob("step-*")) if (p / "ckpt").is_dir() else []
+    if found:
+        raise FileNotFoundError(f"{latest} is missing; checkpoints found: {', '.join(found)}: pass one of those "
+                                "checkpoint directories (resuming the run with scoredyn train restores latest)")
     raise FileNotFoundError(
         f"no checkpoint at {p}: expected a run directory with a 'latest' file or a checkpoint directory with config.json"
     )
