@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import re
 import subprocess
@@ -29,7 +28,6 @@ import torch
 from scoredyn import analytic, data, dynamics
 from scoredyn._lock import FolderBusy, acquire_folder, pid_alive
 from scoredyn.cli import main
-from scoredyn.nets import MLP, precondition
 from scoredyn.sample import SAMPLERS
 from scoredyn.train import checkpoint as ckpt_io
 from scoredyn.train import fit
