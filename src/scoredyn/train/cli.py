@@ -252,6 +252,8 @@ def sample_main(args: argparse.Namespace) -> int:
     options = check_options(sampler, fn, options)
     pic = picture_path(args.out)
     shape = tuple(cfg["data_shape"])
+    if len(shape) == 3 and pic.suffix.lower() != ".png":
+        raise ValueError(f"--out {args.out}: image samples are written as a PNG grid; expected a .png name (or a folder/)")
     out: list[torch.Tensor] = []
     for start in range(0, args.n, args.batch_size):
         seeds = list(range(args.seed + start, args.seed + min(args.n, start + args.batch_size)))
