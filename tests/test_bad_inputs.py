@@ -398,7 +398,22 @@ def rf_out_is_file(tmp: Path) -> None:
     assert tmp.read_text() == "notes"
 
 
-RUN_FOLDER = [rf_latest_missing, rf_latest_dangling, rf_newest_corrupt, rf_none_valid, rf_no_resume_refused,
+def rf_foreign_folder_refused(tmp: Path) -> None:
+    tmp.mkdir(parents=True)
+    (tmp / "thesis.tex").write_text("mine")
+    with pytest.raises(ValueError, match="is not empty and holds no scoredyn run \\(thesis.tex\\); a run folder must be new"):
+        _fit(tmp, steps=2)
+    assert sorted(p.name for p in tmp.iterdir()) == [".lock", "thesis.tex"]
+
+
+def rf_samples_in_run_folder_ok(tmp: Path) -> None:
+    _fit(tmp, steps=2)
+    (tmp / "samples.png").write_bytes(b"png")  # e.g. scoredyn sample RUN --out RUN/
+    _fit(tmp, steps=4)
+    assert _steps(tmp) == ["step-000000002", "step-000000004"] and (tmp / "samples.png").read_bytes() == b"png"
+
+
+RUN_FOLDER = [rf_foreign_folder_refused, rf_samples_in_run_folder_ok, rf_latest_missing, rf_latest_dangling, rf_newest_corrupt, rf_none_valid, rf_no_resume_refused,
               rf_overwrite_moves_aside, rf_second_writer_refused, rf_lock_file_of_dead_process, rf_stale_temporary_removed,
               rf_disk_full, rf_other_process_checkpoints_kept, rf_out_is_file]
 

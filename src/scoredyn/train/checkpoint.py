@@ -214,6 +214,10 @@ def lock_run(out: PathLike) -> FolderLock:
     return acquire_folder(out, "run folder")
 
 
+RUN_MARKERS = ("ckpt", "latest", "metrics.jsonl")
+"""What a run writes first: a folder with none of them is not a run (and is not written into)."""
+
+
 def _run_entries(out: Path) -> list[Path]:
     """What a run wrote into ``out`` (besides the lock and earlier runs moved aside)."""
     return sorted(p for p in out.iterdir() if p.name != ".lock" and not p.name.startswith("previous-"))
@@ -239,6 +243,10 @@ def prepare_run(out: PathLike, *, resume: bool = True, overwrite: bool = False) 
         recover_interrupted(root)
         remove_stale_temporaries(root)
     entries = _run_entries(out)
+    if entries and not any(p.name in RUN_MARKERS for p in entries):
+        found = ", ".join(p.name for p in entries[:6]) + (" ..." if len(entries) > 6 else "")
+        raise ValueError(f"{out} is not empty and holds no scoredyn run ({found}); a run folder must be new, empty "
+                         "or an earlier run: choose another folder")
     if not resume and entries:
         if not overwrite:
             found = ", ".join(p.name for p in entries[:6]) + (" ..." if len(entries) > 6 else "")
