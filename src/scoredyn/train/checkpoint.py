@@ -219,8 +219,8 @@ RUN_MARKERS = ("ckpt", "latest", "metrics.jsonl")
 
 
 def _run_entries(out: Path) -> list[Path]:
-    """What a run wrote into ``out`` (besides the lock and earlier runs moved aside)."""
-    return sorted(p for p in out.iterdir() if p.name != ".lock" and not p.name.startswith("previous-"))
+    """What is in ``out`` besides hidden files (the lock, a caller's markers) and earlier runs moved aside."""
+    return sorted(p for p in out.iterdir() if not p.name.startswith(".") and not p.name.startswith("previous-"))
 
 
 def prepare_run(out: PathLike, *, resume: bool = True, overwrite: bool = False) -> None:
