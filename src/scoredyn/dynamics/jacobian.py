@@ -67,7 +67,7 @@ def _nonfinite_rows(name: str, t: Tensor) -> None:
         raise ValueError(f"{name} is NaN/Inf for {int(bad.sum())} state(s) (first indices {rows}); expected finite values")
 
 
-_TIERS = ("jacrev", "loop", "jvp", "fd")
+_TIERS = ("jacrev", "jvp", "loop", "fd")
 
 
 def check_fd_dtype(z: Tensor) -> None:
@@ -91,16 +91,16 @@ class Jacobian:
        vmapped VJPs over the whole batch, ``chunk_size`` at a time) gives every sample's
        Jacobian. This equals ``vmap(jacrev(f_single))`` but, unlike vmap over samples, tolerates
        data-dependent Python control flow in the field (input validation).
-    2. ``"loop"``: for fields ``torch.func`` cannot transform (e.g. custom autograd functions
-       without functorch support): one ``torch.autograd.grad`` per output component, batched
-       over samples.
-    3. ``"jvp"``: for fields reverse mode cannot differentiate (in-place updates of tensors saved
+    2. ``"jvp"``: for fields reverse mode cannot differentiate (in-place updates of tensors saved
        for backward, e.g. the streamed analytic kernels): forward mode (exact), the ``d`` unit
        tangents stacked into the batch (``B x chunk_size`` rows per call of the field, as
        contiguous copies so that in-place kernels never write through an expanded view).
+    3. ``"loop"``: for fields ``torch.func`` cannot transform (e.g. custom autograd functions
+       without functorch support): one ``torch.autograd.grad`` per output component, batched
+       over samples.
 
     When every exact tier fails a ``RuntimeError`` names each failure. ``"fd"`` (central
-    differences with step ``e = eps^(1/3) max(1, |z_b|_inf)`` per sample, stacked like tier 3,
+    differences with step ``e = eps^(1/3) max(1, |z_b|_inf)`` per sample, stacked like tier 2,
     relative error ~ ``eps^(2/3)``) runs only when asked for (``finite_differences=True``, or a
     field declaring ``jacobian_mode = "fd"``) and only on float64 states: in float32 its error
     (~5e-5 relative, more near small sigma) would pass silently for an exact Jacobian.
@@ -127,7 +127,7 @@ class Jacobian:
                 return self._fd(z)
             except RuntimeError as exc:
                 self.failures.append(f"{self.mode}: {str(exc).splitlines()[0][:160]}")
-                if self.mode in ("jvp", "fd"):
+                if self.mode in ("loop", "fd"):
                     raise RuntimeError(
                         "cannot differentiate the field exactly ("
                         + "; ".join(self.failures)
