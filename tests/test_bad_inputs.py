@@ -443,6 +443,8 @@ def _cli_train_cases(tmp: Path, run: Path) -> dict[str, tuple[list[str], str]]:
         "changed-arguments": ([*TRAIN[:-1], "--lr", "0.5", "--no-progress", "--out", str(nonempty)], r"cannot resume from .*training arguments differ.*'lr'"),
         "batch-larger-than-data": ([*TRAIN, "--batch-size", "1000", "--out", str(tmp / "b")], r"batch_size \(1000\) is larger than the data set \(64 points\)"),
         "unet-for-points": ([*TRAIN, "--net", "unet", "--out", str(tmp / "u")], r"--net unet needs images"),
+        "zero-steps": ([*TRAIN, "--steps", "0", "--out", str(tmp / "z")], r"--steps and --keep must be >= 1 .*got 0 and 2"),
+        "keep-zero": ([*TRAIN, "--keep", "0", "--out", str(tmp / "k")], r"--steps and --keep must be >= 1 .*got 4 and 0"),
         "bad-choice": ([*TRAIN, "--conditioning", "sde"], r"scoredyn train: error: argument --conditioning: invalid choice: 'sde'.*see scoredyn train --help"),
         "bad-int": ([*TRAIN, "--steps", "ten"], r"argument --steps: invalid int value: 'ten'"),
         "channel-mult-not-ints": ([*TRAIN, "--channel-mult", "1,x"], r"expected comma-separated integers, got '1,x'"),
@@ -453,7 +455,7 @@ def _cli_train_cases(tmp: Path, run: Path) -> dict[str, tuple[list[str], str]]:
 
 CLI_TRAIN = ["out-is-a-file", "out-in-read-only-folder", "out-under-a-file", "data-is-a-path", "data-root-is-directory",
              "data-unknown", "data-root-for-toy", "overwrite-without-no-resume", "no-resume-on-a-run", "changed-arguments",
-             "batch-larger-than-data", "unet-for-points", "bad-choice", "bad-int", "channel-mult-not-ints", "divergence"]
+             "batch-larger-than-data", "unet-for-points", "zero-steps", "keep-zero", "bad-choice", "bad-int", "channel-mult-not-ints", "divergence"]
 
 
 @pytest.mark.parametrize("case", CLI_TRAIN)

@@ -213,6 +213,9 @@ def train_main(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"{args.data}-{args.conditioning}"
     if args.overwrite and not args.no_resume:
         raise ValueError("--overwrite only applies with --no-resume (a resumed run keeps its folder)")
+    if args.steps < 1 or args.keep < 1:
+        raise ValueError(f"--steps and --keep must be >= 1 (a run keeps at least its final checkpoint), "
+                         f"got {args.steps} and {args.keep}")
     fit(spec, args.data, steps=args.steps, batch_size=args.batch_size, lr=args.lr, sigma_dist=sigma_dist,
         sigma_min=sigma_min, sigma_max=sigma_max, levels=args.levels if sigma_dist == "geometric" else None,
         weighting=None if args.weighting == _AUTO else args.weighting, warmup=args.warmup,
