@@ -76,11 +76,11 @@ def test_noise_agnostic_net_approaches_analytic_optimum(conditioning: str, sigma
     x, sig = _probes(sigma_min, sigma_max)
     if sigma_dist == "geometric":
         levels = torch.exp(torch.linspace(math.log(sigma_max), math.log(sigma_min), n_levels, dtype=D64))
-        optimum = NoiseAgnostic(TINY.double(), sigma_min, sigma_max, conditioning, levels=levels)
+        optimum = NoiseAgnostic(TINY.double(), sigma_min=sigma_min, sigma_max=sigma_max, conditioning=conditioning, levels=levels)
         quad, log_pi = levels, torch.full((n_levels,), -math.log(n_levels), dtype=D64)
         kw: dict = {"levels": n_levels}
     else:
-        optimum = NoiseAgnostic(TINY.double(), sigma_min, sigma_max, conditioning)
+        optimum = NoiseAgnostic(TINY.double(), sigma_min=sigma_min, sigma_max=sigma_max, conditioning=conditioning)
         quad, log_pi = _log_uniform_rule(sigma_min, sigma_max, 96)
         kw = {}
     w = torch.ones_like(sig) if conditioning == "multiplicative" else sig**2
@@ -161,14 +161,14 @@ def test_loss_closed_forms(conditioning: str) -> None:
 def test_sigma_distributions() -> None:
     g = torch.Generator().manual_seed(0)
     n = 200_000
-    lu = SigmaDist("loguniform", 0.01, 10.0).sample(n, g)
+    lu = SigmaDist("loguniform", sigma_min=0.01, sigma_max=10.0).sample(n, g)
     u = (lu.log() - math.log(0.01)) / math.log(1000.0)
     ks = float((torch.sort(u).values - (torch.arange(n, dtype=D64) + 0.5) / n).abs().max())
     assert ks < 1.63 / math.sqrt(n) and float(lu.min()) >= 0.01 and float(lu.max()) <= 10.0, f"loguniform KS {ks:.4g}"
-    ln = SigmaDist("lognormal", 0.002, 80.0).sample(n, g).log()
+    ln = SigmaDist("lognormal", sigma_min=0.002, sigma_max=80.0).sample(n, g).log()
     m, s = float(ln.mean()), float(ln.std())
     assert abs(m + 1.2) < 5 * 1.2 / math.sqrt(n) and abs(s - 1.2) < 0.01, f"lognormal log-mean {m:.4f}, log-std {s:.4f}"
-    geo = SigmaDist("geometric", 0.01, 1.0, levels=5)
+    geo = SigmaDist("geometric", sigma_min=0.01, sigma_max=1.0, levels=5)
     levels = geo.levels
     assert levels is not None and torch.allclose(levels, torch.tensor([1.0, 10**-0.5, 0.1, 10**-1.5, 0.01], dtype=D64))
     draws = geo.sample(n, g)
@@ -222,7 +222,7 @@ def test_moons_multiplicative_mlp_samples_match_held_out_data() -> None:
     def sample(m: torch.nn.Module) -> torch.Tensor:
         x = sigma_max * noise(range(500), (2,))
         with torch.no_grad():
-            return annealed_langevin(m, x, sigmas_geometric(20, sigma_max, sigma_min), seeds=range(500),
+            return annealed_langevin(m, x, sigmas_geometric(20, sigma_min=sigma_min, sigma_max=sigma_max), seeds=range(500),
                                      n_steps_each=5, step_lr=0.3 * sigma_min**2)
 
     sw_untrained = _sliced_w2(sample(model), test)

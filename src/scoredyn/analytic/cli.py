@@ -112,8 +112,8 @@ def build_model(args: argparse.Namespace, shard: Any, device: torch.device, grou
         if args.levels is not None:
             from ..sample import sigmas_geometric
 
-            levels = sigmas_geometric(args.levels, args.sigma_max, args.sigma_min)
-        return NoiseAgnostic(shard, args.sigma_min, args.sigma_max, conditioning=args.conditioning, levels=levels,
+            levels = sigmas_geometric(args.levels, sigma_min=args.sigma_min, sigma_max=args.sigma_max)
+        return NoiseAgnostic(shard, sigma_min=args.sigma_min, sigma_max=args.sigma_max, conditioning=args.conditioning, levels=levels,
                              chunk_size=args.chunk_size, group=group, device=device)
     if group is not None:
         raise ValueError(f"--model {args.model} is fitted on the whole training set; run it on one process")
@@ -140,7 +140,7 @@ def analytic_sample_main(args: argparse.Namespace) -> int:
         shard, n_points = _training_set(args, info.rank, info.world)
         model = build_model(args, shard, info.device, group)
         dtype = torch.float32 if getattr(shard, "dtype", np.float32) in (np.float32, torch.float32) else torch.float64
-        sigmas = sigmas_for(args.sampler, args.steps, args.sigma_min, args.sigma_max)
+        sigmas = sigmas_for(args.sampler, args.steps, sigma_min=args.sigma_min, sigma_max=args.sigma_max)
         shape = tuple(model.data_shape)
         start = time.perf_counter()
         out = []

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_finite
+from .._checks import check_count, check_finite
 from .._io import atomic_write_bytes
 
 FEATURE_NOTE = (
@@ -314,8 +314,7 @@ def features(
     check_finite("images", images)
     if images.dim() < 2 or images.shape[0] < 1:
         raise ValueError(f"images must have shape (N, ...) with N >= 1, got {tuple(images.shape)}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = check_count("batch_size", batch_size)
     images = images.to(torch.float32) if not images.is_floating_point() else images
     if isinstance(net, nn.Module):
         model, prep = net, (lambda x: x)

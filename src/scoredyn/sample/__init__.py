@@ -23,7 +23,8 @@ from .grids import (
     sigmas_loglinear,
 )
 from .noise import noise
-from .ode import autonomous, nearest_distance, ode_adaptive, ode_adaptive_sampler, unconditional_ode
+from .._integrate import Solution
+from .ode import autonomous, ode_adaptive, ode_adaptive_sampler, unconditional_ode
 from .solvers import annealed_langevin, dpmpp_2m, euler, euler_maruyama, heun, unipc
 from .teleport import teleport, with_teleport
 
@@ -44,6 +45,7 @@ __all__ = [
     "CountNFE",
     "Run",
     "SamplerDivergence",
+    "Solution",
     "annealed_langevin",
     "autonomous",
     "check_seeds",
@@ -58,7 +60,6 @@ __all__ = [
     "ncsn_schedule",
     "ncsn_step_lr",
     "ncsn_variance_ratio",
-    "nearest_distance",
     "noise",
     "ode_adaptive",
     "ode_adaptive_sampler",

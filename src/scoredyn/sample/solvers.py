@@ -129,7 +129,7 @@ def annealed_langevin(
     t = int(n_steps_each)
     if t != n_steps_each or t < 1:
         raise ValueError(f"n_steps_each must be an integer >= 1, got {n_steps_each!r}")
-    eps = ncsn_step_lr(t, sig[-1], grid_ratio(sig)) if step_lr is None else check_positive("step_lr", step_lr)
+    eps = ncsn_step_lr(t, grid_ratio(sig), sigma_min=sig[-1]) if step_lr is None else check_positive("step_lr", step_lr)
     s_last = sig[-1]
     steps = run.steps(len(sig) * t)
     for k in steps:

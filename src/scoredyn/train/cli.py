@@ -185,7 +185,7 @@ def sample_main(args: argparse.Namespace) -> int:
     sd = cfg["train"]["sigma_dist"]
     sigma_min = args.sigma_min if args.sigma_min is not None else sd["sigma_min"]
     sigma_max = args.sigma_max if args.sigma_max is not None else sd["sigma_max"]
-    sigmas = sigmas_for(sampler, args.steps, sigma_min, sigma_max, kind=args.grid)
+    sigmas = sigmas_for(sampler, args.steps, sigma_min=sigma_min, sigma_max=sigma_max, kind=args.grid)
     options = dict(args.opt)
     if sampler == "unconditional_ode" and "data" in options:
         raise ValueError("the data option of unconditional_ode cannot be given on the command line")

@@ -170,7 +170,7 @@ def fit(
     grad_clip = check_positive("grad_clip", grad_clip, allow_zero=True)
     weight_decay = check_positive("weight_decay", weight_decay, allow_zero=True)
     seed = _check_int("seed", seed, 0)
-    sdist = SigmaDist(sigma_dist, sigma_min, sigma_max, levels, p_mean, p_std)
+    sdist = SigmaDist(sigma_dist, sigma_min=sigma_min, sigma_max=sigma_max, levels=levels, p_mean=p_mean, p_std=p_std)
 
     if isinstance(model, dict):
         with torch.random.fork_rng(devices=[]):
