@@ -136,6 +136,7 @@ def train_main(args: argparse.Namespace) -> int:
     """``scoredyn train``."""
     from ..data import load as load_data
     from ..sample import max_pairwise_distance
+    from .config import TrainConfig
     from .fit import fit
 
     edm = args.conditioning == "edm"
@@ -154,12 +155,13 @@ def train_main(args: argparse.Namespace) -> int:
     sigma_min = args.sigma_min if args.sigma_min is not None else (0.002 if edm else 0.01)
     sigma_max = args.sigma_max if args.sigma_max is not None else (80.0 if edm else max_pairwise_distance(data))
     out = Path(args.out) if args.out else Path("runs") / f"{args.data}-{args.conditioning}"
-    fit(spec, args.data, steps=args.steps, batch_size=args.batch_size, lr=args.lr, sigma_dist=sigma_dist,
-        sigma_min=sigma_min, sigma_max=sigma_max, levels=args.levels if sigma_dist == "geometric" else None,
-        weighting=None if args.weighting == _AUTO else args.weighting, warmup=args.warmup,
-        grad_clip=args.grad_clip, weight_decay=args.weight_decay, ema_decay=args.ema,
-        ema_warmup=not args.no_ema_warmup, seed=args.seed, out=out, ckpt_every=args.ckpt_every, keep=args.keep,
-        log_every=args.log_every, resume=not args.no_resume, device=_device(args.device), compile=args.compile, bf16=not args.no_bf16,
+    config = TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, sigma_dist=sigma_dist, sigma_min=sigma_min,
+        sigma_max=sigma_max, levels=args.levels if sigma_dist == "geometric" else None,
+        weighting=None if args.weighting == _AUTO else args.weighting, warmup=args.warmup, grad_clip=args.grad_clip,
+        weight_decay=args.weight_decay, ema_decay=args.ema, ema_warmup=not args.no_ema_warmup, seed=args.seed,
+        ckpt_every=args.ckpt_every, keep=args.keep, log_every=args.log_every, compile=args.compile, bf16=not args.no_bf16)
+    fit(spec, args.data, config, out=out, resume=not args.no_resume, device=_device(args.device),
         progress=not args.no_progress, data_root=args.data_root, data_n=args.n)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trained {args.steps} steps; checkpoint in {out} (sample with: scoredyn sample {out})")
