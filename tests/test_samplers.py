@@ -27,6 +27,7 @@ from scoredyn._checks import bcast
 from scoredyn.analytic.gaussian import Gaussian
 from scoredyn.analytic.mixture import GaussianMixture
 from scoredyn.sample import (
+    FIELD_SAMPLERS,
     SAMPLERS,
     CountNFE,
     SamplerDivergence,
@@ -379,13 +380,10 @@ def test_stochastic_samplers_sample_the_gaussian(name, fn, opts, n_steps, tol) -
 # --------------------------------------------------------------------------- bad input and NaN
 
 
-GRID_SAMPLERS = ["euler", "heun", "dpmpp_2m", "unipc", "euler_maruyama", "annealed_langevin", "ode_adaptive", "unconditional_ode"]
-
-
-@pytest.mark.parametrize("name", GRID_SAMPLERS)
+@pytest.mark.parametrize("name", [*SAMPLERS, *FIELD_SAMPLERS])
 def test_bad_grids_and_seeds(name: str) -> None:
-    fn = SAMPLERS[name]
-    gm = mixture_2d() if name != "unconditional_ode" else (lambda y: -y)  # that one takes a sigma-free field
+    fn = {**SAMPLERS, **FIELD_SAMPLERS}[name]
+    gm = mixture_2d() if name in SAMPLERS else (lambda y: -y)  # FIELD_SAMPLERS take a sigma-free field
     x = torch.zeros(4, 2, dtype=F64)
     cases = [
         (torch.tensor([1.0, 2.0, 0.5], dtype=F64), "strictly descending"),
@@ -483,18 +481,13 @@ def test_every_registered_sampler_runs_and_counts_nfe() -> None:
     x = gm.sample(16, sigma=SMAX, generator=torch.Generator().manual_seed(14))
     n = 12
     grid0 = sigmas_karras(n, sigma_min=0.02, sigma_max=SMAX)  # n levels + 0: n steps
-    expected_nfe = {"euler": n, "heun": 2 * n - 1, "dpmpp_2m": n, "unipc": n, "euler_maruyama": n}
+    expected_nfe = {"euler": n, "heun": 2 * n - 1, "dpmpp_2m": n, "unipc": n, "euler_maruyama": n,
+                    "annealed_langevin": 5 * n + 1}  # 5 Langevin steps per level, then the denoising step
     for name, fn in SAMPLERS.items():
         counted = CountNFE(gm)
-        if name == "annealed_langevin":
-            out = fn(counted, x, sigmas_geometric(5, sigma_min=0.05, sigma_max=SMAX), n_steps_each=3, seeds=list(range(16)))
-            assert counted.nfe == 5 * 3 + 1
-        elif name == "unconditional_ode":
-            continue  # needs a sigma-free field; tested below
-        else:
-            out = fn(counted, x, grid0, seeds=list(range(16)))
-            if name in expected_nfe:
-                assert counted.nfe == expected_nfe[name], f"{name}: {counted.nfe} NFE, expected {expected_nfe[name]}"
+        out = fn(counted, x, grid0, seeds=list(range(16)))
+        if name in expected_nfe:
+            assert counted.nfe == expected_nfe[name], f"{name}: {counted.nfe} NFE, expected {expected_nfe[name]}"
         assert out.shape == x.shape and out.dtype == x.dtype and torch.isfinite(out).all(), name
         # samples end near the data: their mean log density is far above that of the initial noise
         assert float(gm.log_prob(out, 0.02).mean()) > float(gm.log_prob(x, 0.02).mean()) + 5, name
@@ -695,3 +688,16 @@ def test_heun_churn_window_is_validated(opts: dict, match: str) -> None:
     x = torch.zeros(3, 2, dtype=torch.float64)
     with pytest.raises(ValueError, match=match):
         heun(g, x, sigmas_karras(4, sigma_min=0.1, sigma_max=5.0), seeds=[0, 1, 2], **opts)
+
+
+def test_annealed_langevin_trailing_zero_means_the_final_denoising_step() -> None:
+    gm = mixture_2d()
+    x = gm.sample(6, sigma=SMAX, generator=torch.Generator().manual_seed(31))
+    levels = sigmas_geometric(5, sigma_min=0.05, sigma_max=SMAX)
+    with_zero = annealed_langevin(gm, x, torch.cat([levels, levels.new_zeros(1)]), n_steps_each=3, seeds=list(range(6)))
+    without = annealed_langevin(gm, x, levels, n_steps_each=3, seeds=list(range(6)), denoise=True)
+    assert torch.equal(with_zero, without), float((with_zero - without).abs().max())
+    with pytest.raises(ValueError, match="denoise=False"):
+        annealed_langevin(gm, x, torch.cat([levels, levels.new_zeros(1)]), denoise=False)
+    with pytest.raises(ValueError, match="two positive levels"):
+        annealed_langevin(gm, x, torch.tensor([1.0, 0.0], dtype=F64))

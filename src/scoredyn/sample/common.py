@@ -130,7 +130,6 @@ class Run:
         seeds: Seeds = None,
         callback: Optional[Callback] = None,
         progress: bool = False,
-        allow_zero: bool = True,
     ) -> None:
         if not callable(denoiser):
             raise ValueError(f"{name}: denoiser must be callable as denoiser(x, sigma), got {type(denoiser).__name__}")
@@ -140,8 +139,6 @@ class Run:
         self.denoiser = denoiser
         check_state("x", x)
         self.sigmas = grid_values(sigmas)
-        if not allow_zero and self.sigmas[-1] == 0:
-            raise ValueError(f"{name} needs positive noise levels; the grid ends in 0 (drop the trailing 0)")
         self.seeds = check_seeds(seeds, x.shape[0])
         self.callback = callback
         self.progress = bool(progress)

@@ -187,13 +187,10 @@ def grid_ratio(sigmas: list[float]) -> Optional[float]:
     return (sigmas[0] / sigmas[-1]) ** (1.0 / (len(sigmas) - 1))
 
 
-def sigmas_for(sampler: str, n: int, *, sigma_min: float, sigma_max: float, kind: str = "auto") -> Tensor:
-    """The grid a sampler expects: NCSN's geometric levels for ``annealed_langevin`` (no trailing 0),
-    the Karras grid (with its trailing 0) otherwise; ``kind`` ("karras" | "geometric") overrides."""
-    if kind == "auto":
-        kind = "geometric" if sampler == "annealed_langevin" else "karras"
-    if kind == "geometric":
-        return sigmas_geometric(n, sigma_min=sigma_min, sigma_max=sigma_max)
-    if kind == "karras":
-        return sigmas_karras(n, sigma_min=sigma_min, sigma_max=sigma_max)
-    raise ValueError(f"unknown grid kind {kind!r}; expected 'auto', 'karras' or 'geometric'")
+def sigma_grid(kind: str, n: int, *, sigma_min: float, sigma_max: float) -> Tensor:
+    """A grid by name: ``"karras"`` (:func:`sigmas_karras`) or ``"geometric"`` (:func:`sigmas_loglinear`:
+    NCSN's ``n`` geometric levels, then 0); every sampler of ``SAMPLERS`` takes either."""
+    grids = {"karras": sigmas_karras, "geometric": sigmas_loglinear}
+    if kind not in grids:
+        raise ValueError(f"unknown grid kind {kind!r}; expected 'karras' or 'geometric'")
+    return grids[kind](n, sigma_min=sigma_min, sigma_max=sigma_max)

@@ -69,12 +69,12 @@ def train_checkpoints(
         folder = ctx.stages.artifacts(name, config)
         out: dict[str, Any] = {"spec": spec, "steps": steps}
         for step in steps:
-            config = cfg.train_config(
+            run_config = cfg.train_config(
                 steps=step, batch_size=min(cfg.batch_size, data.shape[0]), sigma_dist=sigma_dist,
                 sigma_min=sigma_min, sigma_max=sigma_max, levels=levels, seed=ctx.seed, ckpt_every=max(steps) + 1,
                 log_every=max(1, step // 10), weighting=WEIGHTING[spec["conditioning"]],
             )
-            ema = train.fit(dict(spec), data, config, out=folder, resume=True, device=ctx.device, progress=ctx.progress)
+            ema = train.fit(dict(spec), data, run_config, out=folder, resume=True, device=ctx.device, progress=ctx.progress)
             for k, v in ema.state_dict().items():
                 out[f"ckpt{step}.{k}"] = v.detach().to("cpu").clone()
         return out

@@ -28,6 +28,7 @@ from .sigma_dist import SIGMA_DISTS
 
 _AUTO = "auto"
 _DEFAULT_SAMPLER = {"multiplicative": "annealed_langevin", "unconditional": "unconditional_ode", "edm": "heun"}
+_DEFAULT_GRID = {"annealed_langevin": "geometric"}  # NCSN's levels for NCSN's sampler; Karras' grid otherwise
 
 
 def _int_list(text: str) -> list[int]:
@@ -171,8 +172,7 @@ def train_main(args: argparse.Namespace) -> int:
 def sample_main(args: argparse.Namespace) -> int:
     """``scoredyn sample``."""
     from ..plot import samples_picture
-    from ..sample import SAMPLERS, noise
-    from ..sample.grids import sigmas_for
+    from ..sample import FIELD_SAMPLERS, SAMPLERS, noise, sigma_grid
     from .checkpoint import load
     from .distributed import resolve_device
 
@@ -180,19 +180,21 @@ def sample_main(args: argparse.Namespace) -> int:
     model = load(args.run, device=dev, which=args.weights)
     cfg = model.checkpoint_config  # type: ignore[attr-defined]
     sampler = args.sampler if args.sampler != _AUTO else _DEFAULT_SAMPLER[model.conditioning]
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(sorted(SAMPLERS))}")
+    registry = {**SAMPLERS, **FIELD_SAMPLERS}
+    if sampler not in registry:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(sorted(registry))}")
     if args.n < 1 or args.batch_size < 1 or args.steps < 1:
         raise ValueError(f"--n, --batch-size and --steps must be >= 1, got {args.n}, {args.batch_size}, {args.steps}")
     sd = cfg["train"]["sigma_dist"]
     sigma_min = args.sigma_min if args.sigma_min is not None else sd["sigma_min"]
     sigma_max = args.sigma_max if args.sigma_max is not None else sd["sigma_max"]
-    sigmas = sigmas_for(sampler, args.steps, sigma_min=sigma_min, sigma_max=sigma_max, kind=args.grid)
+    kind = args.grid if args.grid != _AUTO else _DEFAULT_GRID.get(sampler, "karras")
+    sigmas = sigma_grid(kind, args.steps, sigma_min=sigma_min, sigma_max=sigma_max)
     options = dict(args.opt)
     if sampler == "unconditional_ode" and "data" in options:
         raise ValueError("the data option of unconditional_ode cannot be given on the command line")
     shape = tuple(cfg["data_shape"])
-    fn = SAMPLERS[sampler]
+    fn = registry[sampler]
     out: list[torch.Tensor] = []
     for start in range(0, args.n, args.batch_size):
         seeds = list(range(args.seed + start, args.seed + min(args.n, start + args.batch_size)))
