@@ -375,3 +375,18 @@ def test_bad_input_raises_clear_errors() -> None:
         trajectories(lambda z: z**3, 10 * x, 10.0, n_steps=5)
     with pytest.raises(ValueError, match="tol"):
         FixedPoints.unique(fixed_points(lambda z: -z, x), 0.0)
+
+
+def test_trajectories_and_autonomous_share_one_integrator() -> None:
+    """One RK4 and one meaning of ``record`` (a stride): the sampler-facing and the dynamics-facing flow agree."""
+    from scoredyn.sample import autonomous
+
+    a = torch.tensor([[-0.5, 2.0], [-2.0, -0.5]], dtype=D64)
+    x0 = torch.tensor([[1.0, 0.0], [0.3, -2.0]], dtype=D64)
+    traj = trajectories(lambda x: x @ a.T, x0, 3.0, n_steps=30, record=7)
+    sol = autonomous(lambda x: x @ a.T, x0, 3.0, n_steps=30, method="rk4", record=7)
+    assert sol.states.shape == traj.shape == (6, 2, 2) and sol.nfe == 4 * 30
+    assert sol.taus.tolist() == pytest.approx([0.0, 0.7, 1.4, 2.1, 2.8, 3.0], abs=1e-15)
+    err = float((sol.states - traj).abs().max())  # h from a time grid vs tau / n_steps: rounding only
+    assert err < 1e-13, f"autonomous(rk4) vs trajectories differ by {err:.3g}"
+    assert sol.as_dict()["nfe"] == 120 and autonomous(lambda x: x @ a.T, x0, 3.0, n_steps=30, method="rk4").states is None
