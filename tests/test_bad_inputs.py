@@ -30,7 +30,7 @@ from scoredyn._lock import FolderBusy, acquire_folder, pid_alive
 from scoredyn.cli import main
 from scoredyn.sample import SAMPLERS
 from scoredyn.train import checkpoint as ckpt_io
-from scoredyn.train import fit
+from scoredyn.train import TrainConfig, fit
 from scoredyn.train.divergence import DivergenceMonitor, TrainingDiverged
 
 D64 = torch.float64
@@ -45,8 +45,17 @@ def _moons(n: int = 64) -> torch.Tensor:
     return data.load("moons", n=n)
 
 
+RUN_ARGS = ("out", "resume", "overwrite", "device", "progress", "data_root", "data_n", "on_checkpoint")
+
+
+def _train(model: Any, x: Any, **kw: Any) -> torch.nn.Module:
+    """``fit`` with keyword arguments split into the TrainConfig and the run's own."""
+    run = {k: kw.pop(k) for k in RUN_ARGS if k in kw}
+    return fit(model, x, TrainConfig(**kw), **run)
+
+
 def _fit(out: Path, **kw: Any) -> torch.nn.Module:
-    return fit(dict(SPEC), _moons(), out=out, **{**FIT, **kw})
+    return _train(dict(SPEC), _moons(), out=out, **{**FIT, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -122,21 +131,21 @@ API_ANALYTIC: list[tuple[str, Callable[[], Any], type, str]] = [
     ("data-empty", lambda: analytic.Empirical(torch.empty(0, 2)), ValueError, r"data has 0 point\(s\); expected at least 1"),
     ("device-unknown", lambda: analytic.Empirical(_P.numpy(), device="tpu9"), ValueError, r"device='tpu9' is not a torch device.*expected e.g. 'cpu'"),
     ("device-cuda-missing", lambda: analytic.Empirical(_P.numpy(), device="cuda:77"), ValueError, r"device='cuda:77' but (CUDA is not available|this machine has)"),
-    ("noise-agnostic-device-cuda-missing", lambda: analytic.NoiseAgnostic(_P.numpy(), 0.01, 1.0, device="cuda:77"), ValueError, r"device='cuda:77' but"),
+    ("noise-agnostic-device-cuda-missing", lambda: analytic.NoiseAgnostic(_P.numpy(), sigma_min=0.01, sigma_max=1.0, device="cuda:77"), ValueError, r"device='cuda:77' but"),
     ("device-differs-from-tensor", lambda: analytic.Empirical(_P, device="meta"), ValueError, r"device=meta but data is on cpu"),
     ("query-wrong-dim", lambda: _EMP(torch.zeros(3, 5, dtype=D64), 0.1), ValueError, r"x has shape \(3, 5\); expected \(B, 2\) to match the data shape"),
     ("query-nan", lambda: _EMP(torch.full((1, 2), float("nan"), dtype=D64), 0.1), ValueError, r"x contains 2 NaN/Inf value\(s\) out of 2; expected finite"),
     ("sigma-negative", lambda: _EMP(torch.zeros(1, 2, dtype=D64), -1.0), ValueError, r"sigma must be > 0, got min -1"),
     ("sigma-wrong-length", lambda: _EMP(torch.zeros(3, 2, dtype=D64), torch.ones(2)), ValueError, r"sigma has shape \(2,\); expected a float, a 0-d tensor or shape \(3,\)"),
     ("tiny-sigma-float32-overflow", lambda: analytic.Empirical(_P.float() * 100)(torch.full((1, 2), 300.0), 1e-30), ValueError, r"NaN/Inf.*float64 data or a larger sigma"),
-    ("na-conditioning", lambda: analytic.NoiseAgnostic(_P, 0.01, 1.0, conditioning="edm"), ValueError, r"conditioning must be one of"),
-    ("na-inverted-range", lambda: analytic.NoiseAgnostic(_P, 1.0, 0.01), ValueError, r"sigma_min must be < sigma_max"),
+    ("na-conditioning", lambda: analytic.NoiseAgnostic(_P, sigma_min=0.01, sigma_max=1.0, conditioning="edm"), ValueError, r"conditioning must be one of"),
+    ("na-inverted-range", lambda: analytic.NoiseAgnostic(_P, sigma_min=1.0, sigma_max=0.01), ValueError, r"sigma_min \(1\) must be below sigma_max \(0.01\)"),
     ("na-missing-range", lambda: analytic.NoiseAgnostic(_P), ValueError, r"sigma_min and sigma_max are required"),
-    ("na-levels-not-bracketed", lambda: analytic.NoiseAgnostic(_P, 0.5, None, levels=[0.1, 1.0]), ValueError, r"does not bracket the levels"),
+    ("na-levels-not-bracketed", lambda: analytic.NoiseAgnostic(_P, sigma_min=0.5, levels=[0.1, 1.0]), ValueError, r"does not bracket the levels"),
     ("na-levels-negative", lambda: analytic.NoiseAgnostic(_P, levels=[-1.0, 1.0]), ValueError, r"levels must be finite and > 0"),
     ("na-n-quad-with-levels", lambda: analytic.NoiseAgnostic(_P, levels=[0.1, 1.0], n_quad=8), ValueError, r"n_quad applies to the log-uniform"),
     ("empirical-backward", lambda: _EMP(_P[:2].clone().requires_grad_(True), 0.3).sum().backward(), RuntimeError, r"Empirical does not support reverse-mode autograd.*forward mode"),
-    ("noise-agnostic-backward", lambda: analytic.NoiseAgnostic(_P, 0.01, 2.0).field(_P[:2].clone().requires_grad_(True)).sum().backward(), RuntimeError, r"NoiseAgnostic does not support reverse-mode autograd.*scoredyn.dynamics.jacobian"),
+    ("noise-agnostic-backward", lambda: analytic.NoiseAgnostic(_P, sigma_min=0.01, sigma_max=2.0).field(_P[:2].clone().requires_grad_(True)).sum().backward(), RuntimeError, r"NoiseAgnostic does not support reverse-mode autograd.*scoredyn.dynamics.jacobian"),
     ("empirical-autograd-grad", lambda: _grad_of(lambda z: _EMP.score(z, 0.3)), RuntimeError, r"Empirical does not support reverse-mode autograd"),
 ]
 
@@ -163,7 +172,8 @@ API_SAMPLE: list[tuple[str, Callable[[], Any], type, str]] = [
     ("x-int", lambda: SAMPLERS["euler"](_EMP, torch.ones(4, 2, dtype=torch.long), _GRID), ValueError, r"x must be floating point, got dtype torch.int64"),
     ("denoiser-not-callable", lambda: SAMPLERS["heun"](42, _X, _GRID), ValueError, r"denoiser must be callable"),
     ("callback-not-callable", lambda: SAMPLERS["heun"](_EMP, _X, _GRID, callback=3), ValueError, r"callback must be callable"),
-    ("langevin-grid-ends-in-zero", lambda: SAMPLERS["annealed_langevin"](_EMP, _X, _GRID), ValueError, r"positive noise levels; the grid ends in 0"),
+    ("heun-churn-window-nan", lambda: SAMPLERS["heun"](_EMP, _X, _GRID, s_churn=1.0, s_tmin=float("nan")), ValueError, r"s_tmin must be finite, got nan"),
+    ("heun-churn-window-inverted", lambda: SAMPLERS["heun"](_EMP, _X, _GRID, s_churn=1.0, s_tmin=2.0, s_tmax=1.0), ValueError, r"s_tmax must be >= s_tmin = 2.0 \(inf allowed\), got 1.0"),
     ("unknown-option", lambda: SAMPLERS["heun"](_EMP, _X, _GRID, s_curn=1.0), TypeError, r"unexpected keyword argument 's_curn'"),
 ]
 
@@ -176,18 +186,18 @@ def test_api_sample(name: str, call: Callable[[], Any], exc: type, pattern: str)
 
 # ------------------------------------------------------------------------------------------ API: training
 API_TRAIN: list[tuple[str, dict[str, Any], type, str]] = [
-    ("steps-negative", {"steps": -1}, ValueError, r"steps must be an integer >= 0"),
-    ("steps-float", {"steps": 2.5}, ValueError, r"steps must be an integer >= 0, got 2.5"),
-    ("batch-zero", {"batch_size": 0}, ValueError, r"batch_size must be an integer >= 1"),
+    ("steps-negative", {"steps": -1}, ValueError, r"steps must be a non-negative integer, got steps=-1"),
+    ("steps-float", {"steps": 2.5}, ValueError, r"steps must be a non-negative integer, got steps=2.5"),
+    ("batch-zero", {"batch_size": 0}, ValueError, r"batch_size must be a positive integer, got batch_size=0"),
     ("batch-larger-than-data", {"batch_size": 1000}, ValueError, r"larger than the data set \(64 points\)"),
     ("lr-zero", {"lr": 0.0}, ValueError, r"lr must be > 0, got 0.0"),
     ("lr-nan", {"lr": float("nan")}, ValueError, r"lr must be finite, got nan"),
     ("grad-clip-negative", {"grad_clip": -1.0}, ValueError, r"grad_clip must be >= 0, got -1.0"),
     ("sigma-dist-unknown", {"sigma_dist": "uniform"}, ValueError, r"sigma_dist|uniform"),
-    ("sigma-range-inverted", {"sigma_min": 2.0, "sigma_max": 1.0}, ValueError, r"sigma_min \(2.0\) must not exceed sigma_max \(1.0\)"),
+    ("sigma-range-inverted", {"sigma_min": 2.0, "sigma_max": 1.0}, ValueError, r"sigma_min \(2\) must not exceed sigma_max \(1\)"),
     ("weighting-unknown", {"weighting": "snr"}, ValueError, r"unknown weighting 'snr'; expected one of sigma2, edm"),
-    ("seed-negative", {"seed": -1}, ValueError, r"seed must be an integer >= 0"),
-    ("ckpt-every-zero", {"ckpt_every": 0}, ValueError, r"ckpt_every must be an integer >= 1"),
+    ("seed-negative", {"seed": -1}, ValueError, r"seed must be a non-negative integer, got seed=-1"),
+    ("ckpt-every-zero", {"ckpt_every": 0}, ValueError, r"ckpt_every must be a positive integer, got ckpt_every=0"),
     ("model-not-denoiser", {"model": torch.nn.Linear(2, 2)}, ValueError, r"model must be a denoiser from scoredyn.nets.precondition"),
     ("data-not-tensor", {"data": [[0.0, 1.0]]}, ValueError, r"data must be a tensor \(N, \*shape\) or a dataset name"),
     ("data-nan", {"data": torch.full((64, 2), float("nan"))}, ValueError, r"data contains 128 NaN/Inf value\(s\) out of 128; expected finite"),
@@ -204,7 +214,7 @@ def test_api_train(name: str, kw: dict[str, Any], exc: type, pattern: str, tmp_p
         (tmp_path / "f").write_text("mine")
         args["out"] = tmp_path / "f"
     with pytest.raises(exc, match=pattern):
-        fit(model, x, **args)
+        _train(model, x, **args)
     if "out" in args:
         assert (tmp_path / "f").read_text() == "mine"
 
@@ -608,8 +618,8 @@ def _fd64(field: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, h: flo
 
 
 _XS = torch.tensor([[0.3, 0.2], [0.1, -0.5]], dtype=D64)
-_NA_M = analytic.NoiseAgnostic(_P, 0.01, 2.0)
-_NA_U = analytic.NoiseAgnostic(_P, 0.01, 2.0, conditioning="unconditional")
+_NA_M = analytic.NoiseAgnostic(_P, sigma_min=0.01, sigma_max=2.0)
+_NA_U = analytic.NoiseAgnostic(_P, sigma_min=0.01, sigma_max=2.0, conditioning="unconditional")
 _GMM = analytic.GaussianMixture(torch.tensor([0.3, 0.7], dtype=D64), torch.tensor([[0.0, 0.0], [1.0, 1.0]], dtype=D64),
                                 torch.tensor([0.2, 0.5], dtype=D64))
 JAC_FIELDS: list[tuple[str, Callable[[torch.Tensor], torch.Tensor], float]] = [
@@ -676,16 +686,16 @@ def test_jacobian_finite_differences_explicit_and_float64_only() -> None:
 # ------------------------------------------------------------------------------------------ divergence
 def div_huge_lr(tmp: Path) -> None:
     with pytest.raises(TrainingDiverged, match=r"training diverged at step (\d+): loss (\S+) is .* times its running median .*learning rate \(50"):
-        fit(dict(SPEC), _moons(), **{**FIT, "steps": 60, "lr": 50.0, "grad_clip": 0.0, "warmup": 0, "log_every": 100})
+        _train(dict(SPEC), _moons(), **{**FIT, "steps": 60, "lr": 50.0, "grad_clip": 0.0, "warmup": 0, "log_every": 100})
 
 
 def div_data_1e30(tmp: Path) -> None:
     with pytest.raises(TrainingDiverged, match=r"step 1: loss is nan.*data scale \(training data RMS point norm 1\.\d+e\+30"):
-        fit(dict(SPEC), _moons() * 1e30, **{**FIT, "sigma_max": 3e30})
+        _train(dict(SPEC), _moons() * 1e30, **{**FIT, "sigma_max": 3e30})
 
 
 def div_healthy_not_flagged(tmp: Path) -> None:
-    fit(dict(SPEC), _moons(), **{**FIT, "steps": 30})
+    _train(dict(SPEC), _moons(), **{**FIT, "steps": 30})
 
 
 def div_monitor_spike(tmp: Path) -> None:

@@ -22,12 +22,12 @@ import pytest
 import torch
 
 from scoredyn.nets import MLP, precondition
-from scoredyn.train import fit
+from scoredyn.train import TrainConfig, fit
 
 N = 12
 DATA_EXPR = "torch.randn(48, 2, generator=torch.Generator().manual_seed(5)) * torch.tensor([1.0, 0.5])"
 ARGS = dict(steps=N, batch_size=16, lr=2e-3, sigma_dist="loguniform", sigma_min=0.02, sigma_max=3.0, warmup=3,
-            ema_decay=0.99, seed=3, ckpt_every=4, log_every=2, progress=False)
+            ema_decay=0.99, seed=3, ckpt_every=4, log_every=2)
 
 SCRIPT = textwrap.dedent(
     f"""
@@ -39,6 +39,7 @@ SCRIPT = textwrap.dedent(
     import scoredyn.train.fit
     fit_mod = sys.modules["scoredyn.train.fit"]  # the package re-exports the function under the same name
     from scoredyn.nets import MLP, precondition
+    from scoredyn.train import TrainConfig
 
     torch.set_num_threads(1)
     out, mode, at = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
@@ -88,7 +89,7 @@ SCRIPT = textwrap.dedent(
 
     torch.manual_seed(0)
     model = precondition(MLP(2, hidden=16, depth=2), "multiplicative")
-    fit_mod.fit(model, {DATA_EXPR}, out=out, on_checkpoint=on_checkpoint, **{ARGS!r})
+    fit_mod.fit(model, {DATA_EXPR}, TrainConfig(**{ARGS!r}), out=out, on_checkpoint=on_checkpoint, progress=False)
     """
 )
 
@@ -105,7 +106,7 @@ def _fit(out: Path) -> tuple[torch.nn.Module, torch.nn.Module]:
         model = precondition(MLP(2, hidden=16, depth=2), "multiplicative")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "latest names ...; resuming from the newest valid"
-            ema = fit(model, eval(DATA_EXPR), out=out, **ARGS)  # type: ignore[arg-type]
+            ema = fit(model, eval(DATA_EXPR), TrainConfig(**ARGS), out=out, progress=False)  # type: ignore[arg-type]
     finally:
         torch.set_num_threads(threads)
     return model, ema
