@@ -28,6 +28,7 @@ import torch
 from scoredyn import analytic, data, dynamics
 from scoredyn._lock import FolderBusy, acquire_folder, pid_alive
 from scoredyn.cli import main
+from scoredyn.nets import MLP, precondition
 from scoredyn.sample import SAMPLERS
 from scoredyn.train import checkpoint as ckpt_io
 from scoredyn.train import TrainConfig, fit
@@ -401,6 +402,17 @@ def rf_other_process_checkpoints_kept(tmp: Path) -> None:
     assert _steps(tmp) == ["step-000000004", "step-000000008"]
 
 
+def rf_same_step_of_another_writer_kept(tmp: Path) -> None:
+    model = _fit(tmp, steps=2)
+    first = (tmp / "ckpt" / "step-000000002" / "ema.safetensors").read_bytes()
+    ckpt_io._WRITTEN.clear()  # as if written by another process
+    ckpt_io.save_checkpoint(tmp, 2, model=precondition(MLP(2, hidden=16, depth=2), "multiplicative"), ema=model,
+                            optimizer=torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1),
+                            rng={"batch": torch.get_rng_state(), "torch_cpu": torch.get_rng_state()}, config={})
+    assert _steps(tmp) == ["replaced-step-000000002", "step-000000002"]
+    assert (tmp / "ckpt" / "replaced-step-000000002" / "ema.safetensors").read_bytes() == first
+
+
 def rf_out_is_file(tmp: Path) -> None:
     tmp.write_text("notes")
     with pytest.raises(ValueError, match="is an existing file; expected a folder"):
@@ -425,7 +437,7 @@ def rf_samples_in_run_folder_ok(tmp: Path) -> None:
 
 RUN_FOLDER = [rf_foreign_folder_refused, rf_samples_in_run_folder_ok, rf_latest_missing, rf_latest_dangling, rf_newest_corrupt, rf_none_valid, rf_no_resume_refused,
               rf_overwrite_moves_aside, rf_second_writer_refused, rf_lock_file_of_dead_process, rf_stale_temporary_removed,
-              rf_disk_full, rf_other_process_checkpoints_kept, rf_out_is_file]
+              rf_disk_full, rf_other_process_checkpoints_kept, rf_same_step_of_another_writer_kept, rf_out_is_file]
 
 
 @pytest.mark.parametrize("case", RUN_FOLDER, ids=[f.__name__[3:].replace("_", "-") for f in RUN_FOLDER])

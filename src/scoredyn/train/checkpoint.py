@@ -144,7 +144,13 @@ def save_checkpoint(
                                    "intact (free space or fix the folder and rerun to resume)") from e
         raise
     final = root / name
-    if final.exists():  # rewriting the same step: move the old one aside first
+    if final.exists() and final.resolve() not in _WRITTEN:  # another writer's: kept as replaced-step-N[-k]
+        dest, k = root / f"replaced-{name}", 1
+        while dest.exists():
+            k += 1
+            dest = root / f"replaced-{name}-{k}"
+        os.replace(final, dest)
+    if final.exists():  # rewriting our own step: move the old one aside first
         old = root / f".tmp-old-{name}-{os.getpid()}"
         os.replace(final, old)
         os.replace(tmp, final)
