@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional
 
 from .._checks import check_positive
+from ..train.config import TrainConfig
 
 MODES = ("tiny", "quick", "full")
 TOYS = ("moons", "swissroll", "checkerboard", "rings", "gmm2d")
@@ -28,6 +29,10 @@ class NetConfig:
     batch_size: int = 256
     lr: float = 2e-3
     steps: int = 2000
+
+    def train_config(self, **fields: Any) -> TrainConfig:
+        """The :class:`~scoredyn.train.TrainConfig` of this network's runs (``fields`` fill in or override)."""
+        return TrainConfig(**{"steps": self.steps, "batch_size": self.batch_size, "lr": self.lr, **fields})
 
 
 @dataclass(frozen=True)
@@ -70,26 +75,22 @@ class KimConfig:
 
 @dataclass(frozen=True)
 class SmoothingConfig:
-    """Zhou et al. (2026): noise unconditioning and temperature-smoothed training, sampled with PC."""
+    """Zhou et al. (2026): temperature smoothing and noise unconditioning of the empirical score."""
 
     data: str = "digits"
     n_train: int = 300
     n_heldout: int = 500
     n_samples: int = 300
     sigma_min: float = 0.01
+    sigma_max: float = 20.0
     heun_steps: int = 30
-    n_levels: int = 30  # discrete training levels of the unconditional networks and optima (the paper: 1000)
-    pc_steps: int = 100  # predictor-corrector levels (the paper: 1000)
-    snr: float = 0.16  # score_sde's CIFAR-10 setting
-    sigma_c: float = 10.0  # collapse level; data in [-1, 1]: the paper's T = 5/sigma
-    k: int = 10  # neighbours of the tempered target (the paper: 30, 100; 10 on Cat-Caracal)
-    variant: str = "paper"  # eq. 10 ("paper") or the released code ("code")
-    n_reference_samples: int = 100  # samples of the exact optima
-    gamma_ratio: float = 1.05
-    gamma_points: int = 8
-    domination_sigmas: tuple[float, ...] = (0.05, 0.2, 1.0)
-    gate_plateau: float = 0.1  # quality gate: the loss fell at most this much (relative) over the last fifth
-    temperatures: tuple[float, ...] = (1.0, 1e2, 1e4)  # extension: sampling-time tempering of the empirical score
+    # log-spaced: in pixel space the softmax at sigma_min = 0.01 stays sharp until sigma_min^2 T reaches the
+    # squared nearest-neighbour distance (T ~ 1e4 on digits), so the sweep spans decades
+    temperatures: tuple[float, ...] = (1.0, 10.0, 1e2, 1e3, 1e4, 1e5)
+    sigma_cs: tuple[float, ...] = (1.0, 10.0, 1e2, 1e3, 1e4)  # T(sigma) = max(sigma_c / sigma, 1)
+    top_k: int = 16
+    fid: bool = True
+    n_levels_unconditional: int = 20  # discrete noise levels of the NoiseAgnostic(unconditional) optimum
     net: NetConfig = field(default_factory=lambda: NetConfig(hidden=256, depth=3, batch_size=128, lr=1e-3, steps=1500))
     budget_s: float = 240.0
 
@@ -140,9 +141,9 @@ def _tiny() -> StudyConfig:
         sampler_rtol=1e-3, budget_s=30.0,
     )
     smoothing = SmoothingConfig(
-        n_train=60, n_heldout=60, n_samples=40, heun_steps=8, temperatures=(1.0, 1e4), k=5, n_levels=8, pc_steps=10,
-        n_reference_samples=16, gamma_points=3, net=NetConfig(hidden=32, depth=2, batch_size=32, lr=2e-3, steps=60),
-        budget_s=30.0,
+        n_train=60, n_heldout=60, n_samples=40, heun_steps=8, temperatures=(1.0, 1e4), sigma_cs=(1e2,),
+        top_k=8, fid=False, n_levels_unconditional=8,
+        net=NetConfig(hidden=32, depth=2, batch_size=32, lr=2e-3, steps=60), budget_s=30.0,
     )
     teleport = TeleportConfig(
         n_train=120, n_heldout=60, n_samples=40, net=NetConfig(hidden=32, depth=2, batch_size=32, lr=2e-3, steps=60),
@@ -163,9 +164,11 @@ def _full() -> StudyConfig:
         heun_steps=100, sampler_rtol=1e-5, budget_s=3 * 3600.0,
     )
     smoothing = SmoothingConfig(
-        data="mnist", n_train=2000, n_heldout=5000, n_samples=2000, heun_steps=40, n_levels=200, pc_steps=1000,
-        k=30, n_reference_samples=500, gamma_points=12, temperatures=(1.0, 1e2, 1e3, 1e4, 1e5),
-        net=NetConfig(arch="unet", base=64, batch_size=128, lr=2e-4, steps=40000), budget_s=3 * 3600.0,
+        data="mnist", n_train=2000, n_heldout=5000, n_samples=2000, heun_steps=40,
+        temperatures=(1.0, 10.0, 1e2, 3e2, 1e3, 3e3, 1e4, 3e4, 1e5, 1e6),
+        sigma_cs=(1.0, 10.0, 30.0, 1e2, 3e2, 1e3, 1e4), top_k=64,
+        n_levels_unconditional=50, net=NetConfig(arch="unet", base=64, batch_size=128, lr=2e-4, steps=40000),
+        budget_s=3 * 3600.0,
     )
     teleport = TeleportConfig(
         data="mnist", n_train=60000, n_heldout=10000, n_samples=5000,
