@@ -38,14 +38,14 @@ def claims_table(study: str) -> str:
 def render(text: str) -> str:
     """``text`` with every generated block replaced by the current declarations."""
     for study in STUDIES:
-        pat = re.compile(rf"(<!-- claims:{study} -->\n).*?(\n<!-- /claims:{study} -->)", re.S)
+        pat = re.compile(rf"(<!-- claims:{study} -->\n).*?(<!-- /claims:{study} -->)", re.S)
         if not pat.search(text):
             raise ValueError(f"docs lack the markers <!-- claims:{study} --> ... <!-- /claims:{study} -->")
-        text = pat.sub(lambda m: m.group(1) + claims_table(study) + m.group(2), text)
-    pat = re.compile(r"(<!-- gate -->\n).*?(\n<!-- /gate -->)", re.S)
+        text = pat.sub(lambda m: m.group(1) + claims_table(study) + "\n" + m.group(2), text)
+    pat = re.compile(r"(<!-- gate -->\n).*?(<!-- /gate -->)", re.S)
     if not pat.search(text):
         raise ValueError("docs lack the markers <!-- gate --> ... <!-- /gate -->")
-    return pat.sub(lambda m: m.group(1) + "A network passes when: " + GATE_TEXT + "." + m.group(2), text)
+    return pat.sub(lambda m: m.group(1) + "A network passes when: " + GATE_TEXT + ".\n" + m.group(2), text)
 
 
 def main(argv: list[str]) -> int:

@@ -391,7 +391,7 @@ class _WeightedOptimum:
         self.X, self.s, self.w, self.m, self.d = X, t.exp(), w, float(m), X.shape[1]
 
     def _terms(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        r2 = torch.cdist(x, self.X).square()  # (B, N)
+        r2 = (x[:, None, :] - self.X[None]).square().sum(-1)  # (B, N); no cdist, so forward-mode AD works
         s = self.s[:, None, None]
         # log of p_k(x | x_i) (2 pi)^(d/2): -d log s - r^2 / (2 s^2); shifted per query for stability
         logp = -self.d * s.log() - r2[None] / (2 * s**2)  # (K, B, N)
@@ -406,8 +406,8 @@ class _WeightedOptimum:
         return (num_w @ self.X - num_w.sum(1, keepdim=True) * x) / den[:, None]
 
     def log_potential(self, x: Tensor) -> Tensor:
-        p, s = self._terms(x)
-        r2 = torch.cdist(x, self.X).square()
+        s = self.s[:, None, None]
+        r2 = (x[:, None, :] - self.X[None]).square().sum(-1)
         logp = -self.d * s.log() - r2[None] / (2 * s**2)
         return torch.logsumexp(logp + (self.m - 1) * s.log() + self.w.log()[:, None, None], dim=(0, 2))
 

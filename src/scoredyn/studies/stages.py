@@ -248,7 +248,7 @@ class Stages:
         self._log(f"  stage {name}: done in {secs:.1f} s")
         tensors: dict[str, Tensor] = {}
         arrays: dict[str, np.ndarray] = {}
-        plain = json.loads(json.dumps(_encode(result, "r", tensors, arrays)))
+        plain = json.loads(json.dumps(_encode(result, "r", tensors, arrays), sort_keys=True))  # as stored
         return _decode(result_type, plain, tensors, arrays)
 
 
