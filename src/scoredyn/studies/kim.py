@@ -543,12 +543,12 @@ class OptimumLoss:
 
 def _analyse(ctx: Context, net: Any, train_set: Tensor, heldout: Tensor, *, sigma_min: float, sigma_max: float,
              n_samples: int, n_starts: int, stream: int, fid_net: Optional[str], merge_tol: float, loss: float,
-             opt: OptimumLoss) -> Analysis:
+             opt: OptimumLoss, rtol: float) -> Analysis:
     """Samples (PF-ODE = autonomous ODE), memorization, quality, the stable equilibria of ``net.field``, gate numbers."""
     shape = tuple(train_set.shape[1:])
     x0 = start_noise(ctx, stream, n_samples, shape, sigma_max)
     counted = sample.CountNFE(net)
-    xs = sample.autonomous(counted, x0, sigma_max - sigma_min, rtol=1e-4, atol=1e-4, method="dopri5")
+    xs = sample.autonomous(counted, x0, sigma_max - sigma_min, rtol=rtol, atol=rtol, method="dopri5")
     mem = memorization(xs, train_set, sigma_min, K_SIGMA)
     q = quality(xs, heldout, seed=ctx.seed, fid_net=fid_net)
     starts = torch.cat([xs[:n_starts], train_set[:n_starts]])
@@ -596,7 +596,7 @@ class Run:
 def _train_and_analyse(ctx: Context, tag: str, X: Tensor, heldout: Tensor, net_cfg: Any, spec: dict[str, Any],
                        steps: tuple[int, ...], conf: dict[str, Any], *, smin: float, smax: float, n_samples: int,
                        n_starts: int, sample_stream: int, loss_stream: int, fid_net: Optional[str], merge_tol: float,
-                       shape: tuple[int, ...], net_name: str) -> dict[int, Run]:
+                       shape: tuple[int, ...], net_name: str, rtol: float = 1e-4) -> dict[int, Run]:
     n = X.shape[0]
     res = train_checkpoints(ctx, f"kim.{tag}train_n{n}", conf, spec, X, net_cfg, steps, sigma_dist="loguniform",
                             sigma_min=smin, sigma_max=smax)
@@ -605,14 +605,14 @@ def _train_and_analyse(ctx: Context, tag: str, X: Tensor, heldout: Tensor, net_c
     out: dict[int, Run] = {}
     for step in res.steps:
         aconf = {**conf, "checkpoints": list(steps), "step": step, "samples": n_samples, "starts": n_starts,
-                 "streams": [sample_stream, loss_stream], "fid_net": fid_net}
+                 "streams": [sample_stream, loss_stream], "fid_net": fid_net, "rtol": rtol}
 
         def work(step: int = step) -> Analysis:
             net = load_checkpoint(res, step, ctx.device, shape)
             x0, s, z = loss_draws(ctx, X, LOSS_DRAWS, smin, smax, stream=loss_stream)
             return _analyse(ctx, net, X, heldout, sigma_min=smin, sigma_max=smax, n_samples=n_samples, n_starts=n_starts,
                             stream=sample_stream, fid_net=fid_net, merge_tol=merge_tol,
-                            loss=dsm_loss(net, x0, s, z, "sigma2"), opt=opt)
+                            loss=dsm_loss(net, x0, s, z, "sigma2"), opt=opt, rtol=rtol)
 
         a = ctx.stages.run(f"kim.{tag}analyse_n{n}_s{step}", aconf, work, version=VERSION, result_type=Analysis)
         gate = network_gate(ctx, f"kim.{net_name}_n{n}@{step}", a.gate, fid_net)
@@ -650,9 +650,10 @@ def _trained_images(cfg: KimConfig, ctx: Context) -> dict[tuple[int, int], Run]:
                 "sigma_min": smin, "sigma_max": smax}
         runs = _train_and_analyse(ctx, "img_", train_all[:n], heldout, cfg.image_net, spec, cfg.image_checkpoints, conf,
                                   smin=smin, smax=smax, n_samples=cfg.n_image_samples,
-                                  n_starts=min(32, cfg.n_image_samples), sample_stream=cfg.streams.image_samples,
+                                  n_starts=min(cfg.n_image_fixed_point_starts, cfg.n_image_samples),
+                                  sample_stream=cfg.streams.image_samples,
                                   loss_stream=cfg.streams.image_loss_draws, fid_net=fid_net, merge_tol=1e-2, shape=shape,
-                                  net_name=f"{cfg.image_net.arch}_{cfg.image_data}")
+                                  net_name=f"{cfg.image_net.arch}_{cfg.image_data}", rtol=cfg.image_rtol)
         out.update({(n, s): r for s, r in runs.items()})
     return out
 
@@ -788,7 +789,7 @@ def _trained_section(cfg: KimConfig, toy: _Toy, runs: dict, img: Optional[dict],
                    "stable eq.", "eq. dist / sigma_min", "eq. within 3 sigma_min", "SW", "FID", "passes gate"], rows,
                   "loss: the training objective E|f(x0 + sigma z) + z|^2 / d at fixed draws; excess: minus the same "
                   "for the exact optimum f* of that training set. Samples: probability-flow ODE (= autonomous ODE, "
-                  "Dormand-Prince, rtol 1e-4). Stable equilibria: Newton from sample endpoints and training points.")
+                  "Dormand-Prince, rtol 1e-4 on 2-D points, image_rtol on images). Stable equilibria: Newton from sample endpoints and training points.")
     img_note = (f" The same on {cfg.image_data} images ({cfg.image_net.arch.upper()}, subsets of "
                 f"{', '.join(map(str, cfg.image_sizes))} images, checkpoints {', '.join(map(str, cfg.image_checkpoints))})."
                 if img else "")

@@ -58,7 +58,7 @@ _RANGE_DEF = (f"X_from_sigma = the smallest tested sigma from which on (at every
               "none does)")
 _c(ClaimSpec(
     "teleport.1a", "The Gaussian (linear) score explains the trained network's score at moderate to high noise, "
-    "beyond what the data mean and an isotropic variance explain", Source(WV, "abstract, §4", "Gaussian score, Eq. 4"),
+    "beyond what the data mean and an isotropic variance explain", Source(WV, "abstract", "closed-form Gaussian score -(Sigma + sigma^2 I)^-1 (x - mu)"),
     "paper", ("gaussian_from_sigma", "isotropic_from_sigma", "mean_only_from_sigma", "two_sigma_data"),
     Criterion(all_of(at_most("gaussian_from_sigma", ref("two_sigma_data")),
                      at_least("isotropic_from_sigma", ref("gaussian_from_sigma", scale=T.BASELINE_MARGIN))),
@@ -81,7 +81,7 @@ _c(ClaimSpec(
     on_networks=True))
 _c(ClaimSpec(
     "teleport.1d", "The Gaussian structure is learned early in training: the Gaussian's unexplained variance reaches an "
-    "early minimum, then rises while richer models pull ahead", Source(WV, "abstract, §5 (learning dynamics tables)"),
+    "early minimum, then rises while richer models pull ahead", Source(WV, "abstract", "the authors' per-epoch tables (Tables/*_gmm_exp_var*.csv in their code)"),
     "paper", ("n_checkpoints", "uv_first", "uv_min", "step_of_min", "uv_last", "richer_over_gaussian_last"),
     Criterion(all_of(at_least("n_checkpoints", T.MIN_CHECKPOINTS), at_most("uv_min", ref("uv_first", scale=T.EARLY_DIP)),
                      at_least("uv_last", ref("uv_min", scale=T.EARLY_RISE)), below("richer_over_gaussian_last", 1.0)),
@@ -92,7 +92,7 @@ _c(ClaimSpec(
 _c(ClaimSpec(
     "teleport.1e", "The Gaussian approximation works over a wider noise range than naive theory predicts (naive "
     "theory: the first-order expansion in 1/sigma^2, valid for sigma much larger than the data radius)",
-    Source(WV, "abstract", "first-order expansion of the score"), "paper",
+    Source(WV, "abstract", "first-order expansion (Gaussian_1stexpens_score in their code)"), "paper",
     ("gaussian_from_sigma", "naive_from_sigma", "data_radius"),
     Criterion(at_most("gaussian_from_sigma", ref("naive_from_sigma", scale=1.0 / T.NAIVE_RANGE)),
               not_supported=at_least("gaussian_from_sigma", ref("naive_from_sigma")),
@@ -101,7 +101,7 @@ _c(ClaimSpec(
     on_networks=True))
 _c(ClaimSpec(
     "teleport.2a", "Analytical teleportation skips the first 15-30% of the sampling steps (dropping them, so NFE "
-    "falls) at no loss of quality, with any solver", Source(WV, "abstract, §5", "FID 1.93 with 15-30% skipped"),
+    "falls) at no loss of quality, with any solver", Source(WV, "abstract", "FID 1.93 on CIFAR-10 with 15-30% of the steps skipped"),
     "paper", ("worst_ratio", "solvers", "nfe_unskipped"),
     Criterion(at_most("worst_ratio", T.NO_LOSS), not_supported=above("worst_ratio", T.CLEAR_LOSS),
               definitions=f"worst_ratio = max over solvers and tested fractions in [{T.SKIP_BAND[0]:g}, "
@@ -110,7 +110,7 @@ _c(ClaimSpec(
 _c(ClaimSpec(
     "teleport.2b", "With the number of steps fixed on [sigma_min, sigma_skip] (the authors' solver benchmark), "
     "teleporting to sigma_skip loses no quality at equal NFE for DPM-Solver++ and UniPC",
-    Source(WV, "§5 solver benchmark (DPM-Solver++, UniPC, DPM-Solver-v3)"), "paper", ("worst_ratio", "best_ratio", "steps"),
+    Source(WV, "abstract (works with DPM-Solver-v3, UniPC)", "the authors' solver benchmark (DPS_benchmark in their edm fork)"), "paper", ("worst_ratio", "best_ratio", "steps"),
     Criterion(at_most("worst_ratio", T.NO_LOSS), not_supported=above("worst_ratio", T.CLEAR_LOSS),
               definitions="worst_ratio / best_ratio = max / min over DPM-Solver++(2M) and UniPC and skip fractions in "
                           f"[{T.SKIP_BAND[0]:g}, {T.SKIP_BAND[1]:g}] of FID(teleported, same steps) / FID(no teleport)"),
@@ -373,14 +373,16 @@ def _skip(cfg: TeleportConfig, ctx: Context, im: _Images, res: Trained) -> Skip:
         shown: list[Tensor] = []
         titles: list[str] = []
         gate = None
-        jobs = [("drop", s, n) for s in cfg.samplers for n in cfg.nfes]
-        jobs += [("fixed", s, max(cfg.nfes)) for s in cfg.fixed_step_samplers]
-        for variant, name, nfe in tqdm(jobs, desc="skip sweep", disable=not ctx.progress):
+        # every fraction at the largest NFE; the smaller NFEs unskipped only (claim 2c: quality against NFE)
+        top, fracs = max(cfg.nfes), tuple(cfg.skip_fractions)
+        jobs = [("drop", s, n, fracs if n == top else (0.0,)) for s in cfg.samplers for n in cfg.nfes]
+        jobs += [("fixed", s, top, fracs) for s in cfg.fixed_step_samplers]
+        for variant, name, nfe, fractions in tqdm(jobs, desc="skip sweep", disable=not ctx.progress):
             fn = sample.SAMPLERS[name]
             n_steps = _grid_size(name, nfe)
             grid = sample.sigmas_karras(n_steps, cfg.sigma_min, cfg.sigma_max)
             ref_x = None
-            for frac in cfg.skip_fractions:
+            for frac in fractions:
                 j = int(round(frac * n_steps))
                 counted = sample.CountNFE(net)
                 sigma_skip = float(grid[j])
@@ -451,9 +453,11 @@ def _skip_section(cfg: TeleportConfig, im: _Images, sk: Skip, gate: GateResult) 
                "sigma_min (NFE unchanged). Distance: mean |x_skip - x_0| / mean |x_0| over samples from the same seeds.")
     fig, axes = figure(1, len(cfg.samplers) + 1, (4.2, 3.9))
     for ax, name in zip(axes, cfg.samplers):
-        for nfe in cfg.nfes:
-            rr = [r for r in rows if r.variant == "drop" and r.sampler == name and r.nfe_target == nfe]
-            ax.plot([r.fraction for r in rr], [q(r) for r in rr], marker="o", label=f"drop, NFE {rr[0].nfe}")
+        rr = [r for r in rows if r.variant == "drop" and r.sampler == name and r.nfe_target == nmax]
+        ax.plot([r.fraction for r in rr], [q(r) for r in rr], marker="o", label=f"drop steps (NFE {rr[0].nfe} unskipped)")
+        for nfe in sorted(cfg.nfes)[:-1]:
+            r0 = pick("drop", name, nfe, 0.0)
+            ax.axhline(q(r0), color="0.5", lw=0.7, ls=":", label=f"unskipped, NFE {r0.nfe}")
         rr = [r for r in rows if r.variant == "fixed" and r.sampler == name]
         if rr:
             ax.plot([r.fraction for r in rr], [q(r) for r in rr], marker="s", ls="--", label=f"fixed steps ({rr[0].steps})")
