@@ -87,13 +87,13 @@ def train_checkpoints(
         folder = ctx.stages.artifacts(name, conf, TRAIN_VERSION)
         weights: dict[str, dict[str, Tensor]] = {}
         for step in steps:
-            ema = train.fit(
-                dict(spec), data, steps=step, batch_size=min(cfg.batch_size, data.shape[0]), lr=cfg.lr,
-                sigma_dist=sigma_dist, sigma_min=sigma_min, sigma_max=sigma_max, levels=levels, seed=ctx.seed, out=folder,
-                ckpt_every=max(steps) + 1, resume=True, device=ctx.device, progress=ctx.progress,
+            run_config = cfg.train_config(
+                steps=step, batch_size=min(cfg.batch_size, data.shape[0]), sigma_dist=sigma_dist,
+                sigma_min=sigma_min, sigma_max=sigma_max, levels=levels, seed=ctx.seed, ckpt_every=max(steps) + 1,
                 log_every=max(1, step // 10), weighting=weighting or WEIGHTING[spec["conditioning"]],
                 ema_decay=cfg.ema_decay,
             )
+            ema = train.fit(dict(spec), data, run_config, out=folder, resume=True, device=ctx.device, progress=ctx.progress)
             weights[str(step)] = {k: v.detach().to("cpu").clone() for k, v in ema.state_dict().items()}
         return Trained(spec=spec, steps=steps, weights=weights)
 
@@ -167,8 +167,8 @@ def gate_numbers(samples: Tensor, train_set: Tensor, heldout: Tensor, *, seed: i
     key = "fid" if fid_net is not None else "sw"
     q = quality(samples, heldout, seed=seed, fid_net=fid_net)[key]
     floor = quality(cycle(train_set, n), heldout, seed=seed, fid_net=fid_net)[key]
-    nn = float(sample.nearest_distance(samples.flatten(1).float(), train_set.flatten(1).float()).median())
-    nn_h = float(sample.nearest_distance(heldout[:n].flatten(1).float(), train_set.flatten(1).float()).median())
+    nn = float(nearest(samples.float(), train_set.float()).median())
+    nn_h = float(nearest(heldout[:n].float(), train_set.float()).median())
     return GateNumbers(q, floor, nn, nn_h, loss, loss_optimum, loss_gaussian)
 
 
@@ -180,6 +180,11 @@ def network_gate(ctx: Context, name: str, g: GateNumbers, fid_net: Optional[str]
         loss_gaussian=g.loss_gaussian))
 
 
+def nearest(x: Tensor, train_set: Tensor) -> Tensor:
+    """Each row's distance to its nearest training point (``scoredyn.metrics.knn``)."""
+    return metrics.knn(x, train_set.to(x.device))[0][:, 0]
+
+
 def quality(samples: Tensor, reference: Tensor, *, seed: int, fid_net: Optional[str]) -> dict[str, float]:
     """Sliced Wasserstein (flattened) and, for images with ``fid_net``, FID and KID on that feature net."""
     a = samples.reshape(samples.shape[0], -1).float()
@@ -189,26 +194,17 @@ def quality(samples: Tensor, reference: Tensor, *, seed: int, fid_net: Optional[
         fa = metrics.features(samples.float().clamp(-1, 1), net=fid_net)
         fb = metrics.features(reference.float().to(samples.device), net=fid_net)
         out["fid"] = float(metrics.fid(fa, fb))
-        out["kid"] = float(_kid_value(metrics.kid(fa, fb)))
+        out["kid"] = metrics.kid(fa, fb).mean
     return out
-
-
-def _kid_value(k: Any) -> float:
-    if isinstance(k, tuple):
-        return float(k[0])
-    if isinstance(k, Mapping):
-        return float(k.get("kid", k.get("mean")))
-    return float(k)
 
 
 def memorization(samples: Tensor, train_set: Tensor, sigma_min: Optional[float], k: float = 3.0) -> dict[str, float]:
     """The memorization numbers the studies report (``scoredyn.metrics.memorization``)."""
     m = metrics.memorization(samples.float(), train_set.float().to(samples.device), sigma_min=sigma_min, k=k)
-    q = m["nn_distance_quantiles"]
     return {
-        "copy_fraction": float(m["copy_fraction"]),
-        "within_k_sigma": float(m["within_k_sigma"]) if m["within_k_sigma"] is not None else float("nan"),
-        "nn_median": float(q[0.5]),
+        "copy_fraction": m.copy_fraction,
+        "within_k_sigma": m.within_k_sigma.get(k, float("nan")),
+        "nn_median": m.nn_distance_quantiles[0.5],
     }
 
 

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional
 
 from .._checks import check_positive
+from ..train.config import TrainConfig
+from ..train.config import TrainConfig
 
 MODES = ("tiny", "quick", "full")
 TOYS = ("moons", "swissroll", "checkerboard", "rings", "gmm2d")
@@ -33,6 +35,10 @@ class NetConfig:
     lr: float = 2e-3
     steps: int = 2000
     ema_decay: float = 0.999
+
+    def train_config(self, **fields: Any) -> TrainConfig:
+        """The :class:`~scoredyn.train.TrainConfig` of this network's runs (``fields`` fill in or override)."""
+        return TrainConfig(**{"steps": self.steps, "batch_size": self.batch_size, "lr": self.lr, **fields})
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,10 @@ class TeleportStreams:
     skip_starts: int = 30
     uv_probes: int = 31
     gate_starts: int = 32
+
+    def train_config(self, **fields: Any) -> TrainConfig:
+        """The :class:`~scoredyn.train.TrainConfig` of this network's runs (``fields`` fill in or override)."""
+        return TrainConfig(**{"steps": self.steps, "batch_size": self.batch_size, "lr": self.lr, **fields})
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from ..plot import figure
 from . import thresholds as T
 from .claims import ClaimSpec, Criterion, Registry, Source, above, all_of, at_least, at_most, below, ref
 from .common import (
-    GateNumbers, Trained, corr_cell, gate_numbers, image_grid, load_checkpoint, memorization, net_spec, network_gate,
+    GateNumbers, Trained, corr_cell, gate_numbers, image_grid, load_checkpoint, memorization, nearest, net_spec, network_gate,
     quality, seeds, spearman, start_noise, train_checkpoints,
 )
 from .config import SmoothingConfig
@@ -150,10 +150,10 @@ def _empirical(cfg: SmoothingConfig, ctx: Context, im: _Images) -> EmpiricalRuns
         model = Empirical(im.train)
         x0 = start_noise(ctx, cfg.streams.starts, cfg.n_samples, im.shape, im.sigma_max)
         sd = seeds(ctx.seed, cfg.streams.sde_noise, cfg.n_samples)
-        karras = sample.sigmas_karras(cfg.heun_steps, cfg.sigma_min, im.sigma_max)
-        karras2 = sample.sigmas_karras(2 * cfg.heun_steps, cfg.sigma_min, im.sigma_max)
-        _, n_levels, eps = sample.ncsn_schedule(im.train, 3, cfg.sigma_min)
-        levels = sample.sigmas_geometric(n_levels, im.sigma_max, cfg.sigma_min)
+        karras = sample.sigmas_karras(cfg.heun_steps, sigma_min=cfg.sigma_min, sigma_max=im.sigma_max)
+        karras2 = sample.sigmas_karras(2 * cfg.heun_steps, sigma_min=cfg.sigma_min, sigma_max=im.sigma_max)
+        _, n_levels, eps = sample.ncsn_schedule(im.train, 3, sigma_min=cfg.sigma_min)
+        levels = sample.sigmas_geometric(n_levels, sigma_min=cfg.sigma_min, sigma_max=im.sigma_max)
         runs: dict[str, Callable[[], Tensor]] = {
             "PF-ODE Heun": lambda: sample.heun(model, x0, karras, progress=ctx.progress),
             "DPM-Solver++(2M)": lambda: sample.dpmpp_2m(model, x0, karras, progress=ctx.progress),
@@ -166,7 +166,7 @@ def _empirical(cfg: SmoothingConfig, ctx: Context, im: _Images) -> EmpiricalRuns
         return EmpiricalRuns(
             list(runs), [_measure(ctx, x, im, cfg.sigma_min) for x in xs], xs,
             quality(im.train[: cfg.n_samples], im.heldout, seed=ctx.seed, fid_net=im.fid_net),
-            float(sample.nearest_distance(im.heldout, im.train).median()))
+            float(nearest(im.heldout, im.train).median()))
 
     return ctx.stages.run("smoothing.empirical", conf, work, version=VERSION, result_type=EmpiricalRuns)
 
@@ -200,7 +200,7 @@ def _temperature(cfg: SmoothingConfig, ctx: Context, im: _Images) -> Sweep:
         from tqdm.auto import tqdm
 
         x0 = start_noise(ctx, cfg.streams.starts, cfg.n_samples, im.shape, im.sigma_max)
-        karras = sample.sigmas_karras(cfg.heun_steps, cfg.sigma_min, im.sigma_max)
+        karras = sample.sigmas_karras(cfg.heun_steps, sigma_min=cfg.sigma_min, sigma_max=im.sigma_max)
         out = Sweep([], [])
         for family, label, v, k in tqdm(settings, desc="temperature sweep", disable=not ctx.progress):
             temp: Any = v if family.startswith("constant") else (lambda s, c=v: (c / s).clamp(min=1.0))
@@ -248,10 +248,10 @@ def _unconditional(cfg: SmoothingConfig, ctx: Context, im: _Images) -> PlainFixe
     conf = {**_base(cfg, ctx), "heun": cfg.heun_steps, "levels": cfg.n_levels_unconditional, "fix": "nn-estimate"}
 
     def work() -> PlainFixed:
-        levels = sample.sigmas_geometric(cfg.n_levels_unconditional, im.sigma_max, cfg.sigma_min)
+        levels = sample.sigmas_geometric(cfg.n_levels_unconditional, sigma_min=cfg.sigma_min, sigma_max=im.sigma_max)
         model = NoiseAgnostic(im.train, conditioning="unconditional", levels=levels)
         x0 = start_noise(ctx, cfg.streams.starts, cfg.n_samples, im.shape, im.sigma_max)
-        karras = sample.sigmas_karras(cfg.heun_steps, cfg.sigma_min, im.sigma_max)
+        karras = sample.sigmas_karras(cfg.heun_steps, sigma_min=cfg.sigma_min, sigma_max=im.sigma_max)
         x_plain = sample.euler(model, x0, karras, progress=ctx.progress)
         x_fix = sample.unconditional_ode(model, x0, karras, data=im.train, progress=ctx.progress)
         return PlainFixed(_measure(ctx, x_plain, im, cfg.sigma_min), _measure(ctx, x_fix, im, cfg.sigma_min), x_plain, x_fix)
@@ -260,7 +260,7 @@ def _unconditional(cfg: SmoothingConfig, ctx: Context, im: _Images) -> PlainFixe
 
 
 def _trained(cfg: SmoothingConfig, ctx: Context, im: _Images) -> tuple[PlainFixed, Conditional]:
-    levels = [float(s) for s in sample.sigmas_geometric(cfg.n_levels_unconditional, im.sigma_max, cfg.sigma_min)]
+    levels = [float(s) for s in sample.sigmas_geometric(cfg.n_levels_unconditional, sigma_min=cfg.sigma_min, sigma_max=im.sigma_max)]
     res: dict[str, Trained] = {}
     for cond, dist in (("unconditional", "geometric"), ("edm", "lognormal")):
         spec = net_spec(cfg.net, im.shape, cond)
@@ -272,7 +272,7 @@ def _trained(cfg: SmoothingConfig, ctx: Context, im: _Images) -> tuple[PlainFixe
     def work_u() -> PlainFixed:
         net = load_checkpoint(res["unconditional"], cfg.net.steps, ctx.device, im.shape)
         x0 = start_noise(ctx, cfg.streams.starts, cfg.n_samples, im.shape, im.sigma_max)
-        karras = sample.sigmas_karras(cfg.heun_steps, cfg.sigma_min, im.sigma_max)
+        karras = sample.sigmas_karras(cfg.heun_steps, sigma_min=cfg.sigma_min, sigma_max=im.sigma_max)
         xp = sample.euler(net, x0, karras, progress=ctx.progress)
         xf = sample.unconditional_ode(net, x0, karras, data=im.train, progress=ctx.progress)
         return PlainFixed(_measure(ctx, xp, im, cfg.sigma_min), _measure(ctx, xf, im, cfg.sigma_min), xp, xf,
@@ -281,7 +281,7 @@ def _trained(cfg: SmoothingConfig, ctx: Context, im: _Images) -> tuple[PlainFixe
     def work_c() -> Conditional:
         net = load_checkpoint(res["edm"], cfg.net.steps, ctx.device, im.shape)
         x0 = start_noise(ctx, cfg.streams.starts, cfg.n_samples, im.shape, im.sigma_max)
-        karras = sample.sigmas_karras(cfg.heun_steps, cfg.sigma_min, im.sigma_max)
+        karras = sample.sigmas_karras(cfg.heun_steps, sigma_min=cfg.sigma_min, sigma_max=im.sigma_max)
         x = sample.heun(net, x0, karras, progress=ctx.progress)
         return Conditional(_measure(ctx, x, im, cfg.sigma_min), x,
                            gate_numbers(x, im.train, im.heldout, seed=ctx.seed, fid_net=im.fid_net))

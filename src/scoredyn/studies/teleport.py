@@ -380,7 +380,7 @@ def _skip(cfg: TeleportConfig, ctx: Context, im: _Images, res: Trained) -> Skip:
         for variant, name, nfe, fractions in tqdm(jobs, desc="skip sweep", disable=not ctx.progress):
             fn = sample.SAMPLERS[name]
             n_steps = _grid_size(name, nfe)
-            grid = sample.sigmas_karras(n_steps, cfg.sigma_min, cfg.sigma_max)
+            grid = sample.sigmas_karras(n_steps, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max)
             ref_x = None
             for frac in fractions:
                 j = int(round(frac * n_steps))
@@ -392,7 +392,7 @@ def _skip(cfg: TeleportConfig, ctx: Context, im: _Images, res: Trained) -> Skip:
                     x = sample.with_teleport(fn, gauss, sigma_skip)(counted, x0, grid)
                 else:  # the authors' benchmark: the same number of steps, on [sigma_min, sigma_skip]
                     xs = gauss.teleport(x0, cfg.sigma_max, sigma_skip)
-                    x = fn(counted, xs, sample.sigmas_karras(n_steps, cfg.sigma_min, sigma_skip))
+                    x = fn(counted, xs, sample.sigmas_karras(n_steps, sigma_min=cfg.sigma_min, sigma_max=sigma_skip))
                 q = quality(x, im.heldout, seed=ctx.seed, fid_net=im.fid_net)
                 if ref_x is None:
                     ref_x = x
