@@ -365,3 +365,11 @@ def test_cli_rejects_bad_input(tmp_path: Path) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             run_studies(["kim"], with_overrides(preset("tiny"), device="cuda"), tmp_path, log=lambda s: None)
+
+
+def test_a_study_folder_has_one_writer(tmp_path: Path) -> None:
+    from scoredyn._lock import FolderBusy, lock_folder
+
+    with lock_folder(tmp_path, "study folder"):
+        with pytest.raises(FolderBusy):
+            run_studies(["teleport"], preset("tiny"), tmp_path, progress=False, log=lambda s: None)

@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .._lock import lock_folder
 from .config import StudyConfig, preset, with_overrides
 from .report import StudyReport, versions, write_report
 from .stages import Context, Stages
@@ -53,7 +54,8 @@ def run_studies(
 ) -> dict[str, Any]:
     """Run the named studies with ``cfg``, caching stages under ``out/cache``; write the report under ``out``.
 
-    Returns the results dictionary that results.json holds.
+    ``out`` is locked for the run (``scoredyn._lock``: a second process writing the same folder gets
+    ``FolderBusy`` naming the holder). Returns the results dictionary that results.json holds.
     """
     bad = [n for n in names if n not in STUDIES]
     if bad or not names:
@@ -61,6 +63,13 @@ def run_studies(
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     out = Path(out)
     device = _device(cfg.device)
+    out.mkdir(parents=True, exist_ok=True)
+    with lock_folder(out, "study folder"):
+        return _run(names, cfg, out, device, progress=progress, reuse=reuse, log=log)
+
+
+def _run(names: Sequence[str], cfg: StudyConfig, out: Path, device: torch.device, *, progress: bool, reuse: bool,
+         log: Callable[[str], None]) -> dict[str, Any]:
     stages = Stages(out / "cache", log=log, reuse=reuse)
     reports: list[StudyReport] = []
     networks: dict = {}
