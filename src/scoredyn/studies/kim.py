@@ -385,7 +385,7 @@ class _WeightedOptimum:
     (score ``f/sigma``) trained with ``lambda = sigma^m`` and log-uniform sigma, by brute-force quadrature
     in log sigma (float64; 2-D only). ``N_m = sum_k w_k s_k^(m-1) p_k`` is its potential: ``f* = grad N_m / M_m``."""
 
-    def __init__(self, X: Tensor, sigma_min: float, sigma_max: float, m: float, nodes: int = 2000) -> None:
+    def __init__(self, X: Tensor, sigma_min: float, sigma_max: float, m: float, nodes: int = 400) -> None:
         t = torch.linspace(math.log(sigma_min), math.log(sigma_max), nodes, dtype=F64, device=X.device)
         w = torch.full_like(t, (t[-1] - t[0]).item() / (nodes - 1))
         w[0] = w[-1] = w[0] / 2  # trapezoid in log sigma (log-uniform pi)
@@ -415,7 +415,7 @@ class _WeightedOptimum:
 
 def _weighting(cfg: KimConfig, ctx: Context, toy: _Toy) -> Weighting:
     conf = {**_base(cfg, ctx), "exact_n": cfg.exact_n, "weightings": list(cfg.weightings),
-            "stream": cfg.streams.weighting_starts, "n": 32}
+            "stream": cfg.streams.weighting_starts, "n": 32, "nodes": 400}
 
     def work() -> Weighting:
         smax, smin, X = toy.sigma_max, cfg.sigma_min, toy.exact
@@ -424,7 +424,7 @@ def _weighting(cfg: KimConfig, ctx: Context, toy: _Toy) -> Weighting:
         d = X.shape[1]
         for name in cfg.weightings:
             m = _WEIGHT_EXPONENT[name]
-            opt = _WeightedOptimum(X, smin, smax, m)
+            opt = _WeightedOptimum(X, smin, smax, m, nodes=conf["nodes"])
             n_steps = math.ceil(2 * smax / (1.5 * smin))
             traj = dynamics.trajectories(opt.field, x0, 2 * smax, n_steps=n_steps, record=1)
             ln = torch.stack([opt.log_potential(z) for z in traj])
@@ -469,7 +469,7 @@ def _exact_section(cfg: KimConfig, e: Exact, w: Weighting, figs: list[Figure]) -
                 "eigenvalue / prediction (min)", "eigenvalue / prediction (max)"],
                [[m, a, b, c, dd] for m, a, b, c, dd in zip(w.weightings, w.min_inc, w.stable_fraction, w.eig_ratio_min,
                                                            w.eig_ratio_max)],
-               "f*_m by trapezoidal quadrature over 2000 log-spaced sigmas (float64), 32 RK4 trajectories to "
+               "f*_m by trapezoidal quadrature over 400 log-spaced sigmas (float64), 32 RK4 trajectories to "
                "tau = 2 sigma_max; prediction -((d+2-m)/(d+3-m))/sigma_min (m = 2: Kim's -(d/(d+1))/sigma_min).")
     text = (f"f* of {e.n_points} {cfg.toy} points (float64). {e.n_traj} trajectories integrated by RK4 "
             f"to tau = {sig(e.t_long)} in {e.n_steps} steps; equilibria from Newton's method "
