@@ -154,12 +154,13 @@ LEVELS = torch.exp(torch.linspace(math.log(3.0), math.log(0.3), 6, dtype=torch.f
 
 def _train(data, tempering):
     from scoredyn.nets import MLP, precondition
-    from scoredyn.train import fit
+    from scoredyn.train import TrainConfig, fit
 
     torch.manual_seed(0)
     model = precondition(MLP(D_NET, hidden=128, depth=3), "unconditional")
-    return fit(model, data.float(), steps=2000, batch_size=N_NET, lr=3e-3, sigma_dist="geometric", sigma_min=0.3,
-               sigma_max=3.0, levels=LEVELS, progress=False, tempering=tempering)
+    cfg = TrainConfig(steps=2000, batch_size=N_NET, lr=3e-3, sigma_dist="geometric", sigma_min=0.3, sigma_max=3.0,
+                      levels=tuple(LEVELS.tolist()))
+    return fit(model, data.float(), cfg, progress=False, tempering=tempering)
 
 
 @pytest.fixture(scope="module")

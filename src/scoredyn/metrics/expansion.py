@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from .._checks import Denoiser, check_data, check_positive
+from .._result import Result
 
 
 @dataclass(frozen=True)
-class ExpansionFactor:
+class ExpansionFactor(Result):
     """``gamma`` ``(S,)`` at the levels ``sigma_star`` ``(S,)`` for the pair ``(i0, i1)`` at ``ratio``."""
 
     sigma_star: tuple[float, ...]
@@ -40,10 +41,6 @@ class ExpansionFactor:
     ratio: float
     step: float
     pair_distance: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"sigma_star": list(self.sigma_star), "gamma": list(self.gamma), "pair": list(self.pair),
-                "ratio": self.ratio, "step": self.step, "pair_distance": self.pair_distance}
 
 
 def closest_pair(data: Tensor) -> tuple[int, int]:

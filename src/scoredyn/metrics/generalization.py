@@ -10,19 +10,20 @@ to held-out data (ratio above 1); the paper reads a smaller ratio as better gene
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Optional, Union
+from dataclasses import dataclass
+from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
 
 from .._checks import check_data
+from .._result import Result
 from .features import features
 from .fid import fid
 
 
 @dataclass(frozen=True)
-class FidTrainTest:
+class FidTrainTest(Result):
     """``fid_train``, ``fid_test``, their ``ratio`` (test / train) and the set sizes used."""
 
     fid_train: float
@@ -30,9 +31,6 @@ class FidTrainTest:
     ratio: float
     n_samples: int
     n_reference: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def balanced_subset(labels: Tensor, counts: dict[int, int], generator: torch.Generator) -> Tensor:

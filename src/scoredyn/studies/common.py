@@ -72,16 +72,19 @@ def train_checkpoints(
     sigma_max: float,
     levels: Optional[int] = None,
     weighting: Optional[str] = None,
+    tempering: Optional[train.Tempering] = None,
 ) -> Trained:
     """Train ``spec`` on ``data`` and keep the EMA weights at each of ``checkpoints`` (a cached stage).
 
     Training resumes between checkpoints (``scoredyn.train.fit`` with ``resume=True`` in the
     stage's artifact folder), so checkpoint k continues checkpoint k-1's run exactly. A fixed
-    number of steps, never a time budget.
+    number of steps, never a time budget. ``tempering``: Zhou et al.'s tempered target
+    (:class:`scoredyn.train.Tempering`).
     """
     steps = sorted(int(s) for s in checkpoints)
     conf = {**config, "spec": spec, "net": cfg, "checkpoints": steps, "sigma_dist": sigma_dist, "sigma_min": sigma_min,
-            "sigma_max": sigma_max, "levels": levels, "weighting": weighting}
+            "sigma_max": sigma_max, "levels": levels, "weighting": weighting,
+            **({} if tempering is None else {"tempering": tempering.as_dict()})}
 
     def work() -> Trained:
         folder = ctx.stages.artifacts(name, conf, TRAIN_VERSION)
@@ -93,7 +96,8 @@ def train_checkpoints(
                 log_every=max(1, step // 10), weighting=weighting or WEIGHTING[spec["conditioning"]],
                 ema_decay=cfg.ema_decay,
             )
-            ema = train.fit(dict(spec), data, run_config, out=folder, resume=True, device=ctx.device, progress=ctx.progress)
+            ema = train.fit(dict(spec), data, run_config, out=folder, resume=True, device=ctx.device, progress=ctx.progress,
+                            tempering=tempering)
             weights[str(step)] = {k: v.detach().to("cpu").clone() for k, v in ema.state_dict().items()}
         return Trained(spec=spec, steps=steps, weights=weights)
 

@@ -55,3 +55,8 @@ FEWER_COPIES = 0.1  # "fewer copies": a copy fraction at least this much lower
 ON_DATA_NN = 2.0  # samples "on the data": median NN distance <= this x held-out data's
 QUALITY_KEEP = 1.5  # quality "kept": quality ratio <= this
 QUALITY_LOST = 3.0  # quality clearly lost above this ratio
+RATIO_SPREAD = 0.05  # FID(G, test) / FID(G, train) ratios differing by less than this are not ordered
+GAMMA_ORDERS = 10.0  # "orders of magnitude below": peak gamma_ex ratio >= this
+GAMMA_NONE = 2.0  # ... and no real difference below this ratio
+DOMINATION_TV = 0.1  # eq. 5's weights "match" the exact ones: mean total variation <= this
+DOMINATION_FAIL = 0.3  # ... and clearly do not above this
