@@ -195,3 +195,20 @@ def test_net_trained_with_tempered_objective_approaches_optimum(net_setup, varia
     assert min(excess, excess_plain, l_untempered - l_opt) > -1e-3, msg  # the optimum is the minimiser
     assert excess < factor * excess_plain, msg
     assert excess < 0.3 * l_opt, msg
+
+
+def test_fit_records_tempering_and_refuses_to_resume_with_another(tmp_path):
+    from scoredyn.nets import MLP, precondition
+    from scoredyn.train import Tempering, TrainConfig, fit
+
+    data = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
+    cfg = TrainConfig(steps=4, batch_size=4, lr=1e-3, sigma_dist="geometric", sigma_min=0.1, sigma_max=1.0, levels=4)
+    t = Tempering(sigma_c=0.5, k=3)
+    fit(precondition(MLP(3, hidden=8, depth=1), "unconditional"), data, cfg, out=tmp_path, progress=False, tempering=t)
+    more = cfg.replace(steps=6)
+    with pytest.raises(ValueError, match="tempering"):
+        fit(precondition(MLP(3, hidden=8, depth=1), "unconditional"), data, more, out=tmp_path, progress=False,
+            tempering=Tempering(sigma_c=0.5, k=2))
+    fit(precondition(MLP(3, hidden=8, depth=1), "unconditional"), data, more, out=tmp_path, progress=False, tempering=t)
+    with pytest.raises(ValueError, match="k must be"):
+        Tempering(sigma_c=0.5, k=0)
