@@ -70,6 +70,7 @@ def run(
     train_t = prepare(model, train, "training data", dev, data_range)
     held_t = prepare(model, heldout, "held-out data", dev, data_range)
     assert train_t is not None
+    note = _training_set_note(model, train)
     sampler = cfg.sampler or model.sampler
     if sampler not in sample.SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(sorted(sample.SAMPLERS))}")
@@ -78,7 +79,9 @@ def run(
     out = Path(out)
     stages = Stages(out / "cache", log=log, reuse=reuse)
     ctx = Context(stages=stages, device=dev, seed=cfg.seed, out=out, progress=progress, log=log)
-    a = Analysis(cfg, ctx, model, train_t, held_t, sampler, grid)
+    a = Analysis(cfg, ctx, model, train_t, held_t, sampler, grid, notes=[note] if note else [])
+    if note:
+        log(f"[analyse] {note}")
     log(f"[analyse] {model.description}: data {tuple(train_t.shape)}"
         + (f", held-out {tuple(held_t.shape)}" if held_t is not None else ", no held-out data")
         + f"; {sampler}, {steps} levels, sigma in [{model.sigma_min:g}, {model.sigma_max:g}]; device {dev}")
@@ -119,6 +122,19 @@ def run(
     res = write_report(out, [rep], conf, versions(dev), title="scoredyn analyse report")
     log(f"[analyse] finished in {rep.wall_s:.1f} s; report: {out / 'report.html'}")
     return res
+
+
+def _training_set_note(model: Any, train: Tensor) -> str:
+    """Whether ``train`` is the data a scoredyn run records it was trained on (by its SHA-256); "" if unknown."""
+    from ..train.fit import _fingerprint
+
+    recorded = model.train_data.get("sha256") if isinstance(model.train_data, dict) else None
+    if recorded is None:
+        return ""
+    if _fingerprint(train.detach().to("cpu", torch.float32)) == recorded:
+        return "The training data given is the run's training set (its SHA-256 matches the one the run recorded)."
+    return ("The training data given is NOT the set the run was trained on (its SHA-256 differs from the one the run "
+            "recorded); memorization and the train-vs-held-out comparisons refer to the data given.")
 
 
 def _device(denoiser: Any, device: Optional[Union[str, torch.device]]) -> torch.device:

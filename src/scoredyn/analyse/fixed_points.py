@@ -26,11 +26,22 @@ def compute(a: Analysis, model: dict[str, Any]) -> dict[str, Any]:
         def field(x: torch.Tensor) -> torch.Tensor:
             return den(x, s_min) - x
 
-        fp = dynamics.fixed_points(field, model["x"][:n].float(), tol=1e-5, max_iter=50)
-        mem = metrics.memorization(fp.points.float(), a.train, sigma_min=s_min, k=3.0)
-        return {"points": fp.points, "converged": fp.converged, "kind": list(fp.kind), "method": fp.method,
+        start = model["x"][:n].float()
+        # find the points first (a start may run off to infinity when the field has no zero near it), then
+        # classify the converged ones from where they are (Newton stops at once there)
+        found = dynamics.fixed_points(field, start, tol=1e-5, max_iter=50, eigs="none")
+        conv = found.converged & torch.isfinite(found.points.flatten(1)).all(1)
+        kind = ["unconverged"] * n
+        if bool(conv.any()):
+            idx = conv.nonzero().flatten()
+            fp = dynamics.fixed_points(field, found.points[idx], tol=1e-5, max_iter=5)
+            for j, i in enumerate(idx.tolist()):
+                kind[i] = fp.kind[j]
+        points = torch.where(conv.reshape(-1, *[1] * (start.dim() - 1)), found.points, start)
+        mem = metrics.memorization(points, a.train, sigma_min=s_min, k=3.0)
+        return {"points": points, "converged": conv, "kind": kind, "method": found.method,
                 "nn_distance": mem["nn_distance"].float(), "copy": mem["is_copy"],
-                "start_moved": (fp.points - model["x"][:n]).flatten(1).norm(dim=1).float()}
+                "start_moved": (points - start).flatten(1).norm(dim=1).float()}
 
     return a.stage("fixed_points", {**a.sampling(), "n": n, "sigma": s_min}, work)
 
@@ -42,7 +53,7 @@ def section(a: Analysis, fp: dict[str, Any]) -> tuple[Section, dict[str, Any]]:
     d = fp["nn_distance"][conv].double()
     within = float((d <= 3 * a.model.sigma_min).double().mean()) if d.numel() else float("nan")
     copies = float(fp["copy"][conv].double().mean()) if d.numel() else float("nan")
-    rows = [["start points", int(conv.numel())], ["converged", int(conv.sum())],
+    rows = [["start points", int(conv.numel())], ["converged to a finite point", int(conv.sum())],
             *[[f"kind: {k}", v] for k, v in sorted(kinds.items())],
             ["median distance to the nearest training point", float(d.median()) if d.numel() else float("nan")],
             ["fraction within 3 sigma_min of a training point", within],
