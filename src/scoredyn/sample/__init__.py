@@ -10,6 +10,17 @@ from typing import Callable, Dict
 from torch import Tensor
 
 from .common import CountNFE, Run, SamplerDivergence, check_seeds, grid_values
+from .kdiffusion import (
+    ddim,
+    dpm_2,
+    dpm_2_ancestral,
+    dpmpp_2m_sde,
+    dpmpp_2s_ancestral,
+    dpmpp_3m_sde,
+    dpmpp_sde,
+    euler_ancestral,
+    lms,
+)
 from .grids import (
     max_pairwise_distance,
     ncsn_gamma,
@@ -36,10 +47,21 @@ SAMPLERS: Dict[str, Callable[..., Tensor]] = {
     "annealed_langevin": annealed_langevin,
     "ode_adaptive": ode_adaptive_sampler,
     "unconditional_ode": unconditional_ode,
+    # k-diffusion's samplers and DDIM (sample/kdiffusion.py)
+    **{f.__name__: f for f in (euler_ancestral, dpm_2, dpm_2_ancestral, lms, dpmpp_2s_ancestral, dpmpp_sde, dpmpp_2m_sde, dpmpp_3m_sde, ddim)},
 }
 """Name -> sampler with the shared signature (used by ``scoredyn sample --sampler NAME``)."""
 
 __all__ = [
+    "lms",
+    "euler_ancestral",
+    "dpmpp_sde",
+    "dpmpp_3m_sde",
+    "dpmpp_2s_ancestral",
+    "dpmpp_2m_sde",
+    "dpm_2_ancestral",
+    "dpm_2",
+    "ddim",
     "SAMPLERS",
     "CountNFE",
     "Run",
