@@ -130,16 +130,10 @@ def test_a_folder_that_is_no_model_is_a_clear_error(tmp_path: Path, capsys: pyte
 
 
 def test_random_diffusers_unet_is_analysed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed (pip install 'scoredyn[diffusers]')")
     pytest.importorskip("scoredyn.external", reason="scoredyn.external (the diffusers wrappers) is not in this build")
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DModel(
-        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(16, 16),
-        norm_num_groups=8, down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-    )
-    model_dir = tmp_path / "unet"
-    unet.save_pretrained(str(model_dir))
-    diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear").save_pretrained(str(model_dir))
+    from _tiny_unet import save_tiny_model  # skips when diffusers is absent
+
+    model_dir = save_tiny_model(tmp_path / "unet")  # a random UNet2DModel + DDPMScheduler via save_pretrained
     imgs = tmp_path / "digits.npz"
     import numpy as np
 
@@ -152,3 +146,7 @@ def test_random_diffusers_unet_is_analysed(tmp_path: Path, capsys: pytest.Captur
     res = json.loads((out / "results.json").read_text())
     _check_report(out, res, ran=SECTION_TITLES[:6])
     assert "diffusers model" in res["config"]["model"]
+    # the UNet was built for 8x8 single-channel images: 28x28 data is refused before any work
+    np.save(tmp_path / "big.npy", torch.zeros(8, 1, 28, 28).numpy())
+    rc = main(["analyse", f"diffusers:{model_dir}", "--data", str(tmp_path / "big.npy"), "--heldout", "none", "--tiny"])
+    assert rc == 2 and "(1, 8, 8)" in capsys.readouterr().err

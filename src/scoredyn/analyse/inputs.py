@@ -194,7 +194,13 @@ def _load_diffusers(path: str, device: torch.device) -> Any:
         raise ValueError(
             "diffusers models need scoredyn.external.load_diffusers, which this installation lacks"
         ) from None
-    return load_diffusers(path, device=device)
+    model = load_diffusers(path, device=device)
+    config = getattr(getattr(model, "model", None), "config", None)
+    size, channels = getattr(config, "sample_size", None), getattr(config, "in_channels", None)
+    if size is not None and channels is not None:  # what the network was trained on (a UNet runs on any size)
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        model.data_shape = (int(channels), int(h), int(w))
+    return model
 
 
 def load_data(spec: str, *, root: Optional[str], split: str, n: Optional[int], seed: int) -> Tensor:
