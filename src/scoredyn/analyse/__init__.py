@@ -25,7 +25,7 @@ from torch import Tensor
 from .. import sample
 from ..studies.report import Section, StudyReport, Table, versions, write_report
 from ..studies.stages import Context, Stages
-from . import fixed_points, memorization, quality, samples, structure, teleport
+from . import fixed_points, likelihood, memorization, quality, samples, structure, teleport
 from .config import SECTIONS, AnalyseConfig, preset, with_overrides
 from .context import Analysis, skipped
 from .inputs import Range, describe, prepare
@@ -103,8 +103,13 @@ def run(
     sec, h = teleport.section(a, teleport.compute(a, s))
     sections.append(sec)
     head.update(h)
-    sections.append(skipped("6. Likelihood", "this build has no probability-flow likelihood "
-                            "(scoredyn.metrics.log_likelihood)"))
+    if likelihood.available():
+        sec, h = likelihood.section(a, likelihood.compute(a))
+        sections.append(sec)
+        head.update(h)
+    else:
+        sections.append(skipped("6. Likelihood", "this build has no probability-flow likelihood "
+                                "(scoredyn.metrics.log_likelihood)"))
     if cfg.fixed_points:
         sec, h = fixed_points.section(a, fixed_points.compute(a, s))
         sections.append(sec)
@@ -179,6 +184,10 @@ def _findings(a: Analysis, h: dict[str, Any]) -> Section:
                  f"{a.cfg.skip_tolerance:g} x the unskipped run)",
                  f"{h['recommended_sigma_skip']:.4g} (skips {h['recommended_fraction']:.0%} of the steps, "
                  f"{h['nfe_saved']} evaluations)"])
+    if "likelihood_gap_bpd" in h:
+        rows.append(["How likely is held-out data?", "bits/dim of held-out minus training points (0: no gap)",
+                     f"{h['likelihood_gap_bpd']:.3g} ± {h['likelihood_gap_se']:.2g} (train {h['bpd_train']:.4g}, "
+                     f"held-out {h['bpd_heldout']:.4g})"])
     if "fixed_points_converged" in h:
         rows.append(["Where does sampling end?", "fixed points at sigma_min within 3 sigma_min of a training point",
                      f"{h['fixed_points_within_3_sigma_min']:.3g} of {h['fixed_points_converged']} converged"])

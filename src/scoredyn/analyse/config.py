@@ -38,7 +38,7 @@ class AnalyseConfig:
     skip_tolerance: float = 1.05  # "no loss": FID within 5% of the unskipped run from the same seeds
     # likelihood
     likelihood_n: int = 128  # points each of training and held-out data
-    likelihood_steps: int = 64  # fixed RK4 steps... of the probability-flow ODE
+    likelihood_rtol: float = 1e-4  # tolerance of the adaptive probability-flow ODE solve (rtol = atol)
     hutchinson_probes: int = 1  # probes per evaluation when the trace is estimated
     exact_trace_max_dim: int = 64  # exact divergence up to this dimension, Hutchinson above
     # fixed points (optional)
@@ -56,11 +56,11 @@ def preset(mode: str = "default") -> AnalyseConfig:
     if mode == "quick":
         return AnalyseConfig(mode="quick", n_samples=500, n_reference=500, uv_n=128, uv_sigmas=8,
                              gmm_components=(2, 10, 50), skip_fractions=(0.0, 0.1, 0.2, 0.3, 0.4),
-                             likelihood_n=64, likelihood_steps=32)
+                             likelihood_n=64, likelihood_rtol=1e-3)
     if mode == "tiny":
         return AnalyseConfig(mode="tiny", n_samples=48, batch_size=32, n_reference=48, n_pairs=4, uv_n=16,
                              uv_sigmas=4, gmm_components=(2, 4), skip_fractions=(0.0, 0.25, 0.5),
-                             likelihood_n=8, likelihood_steps=8, n_fixed_points=4)
+                             likelihood_n=8, likelihood_rtol=1e-2, n_fixed_points=4)
     raise ValueError(f"unknown analyse mode {mode!r}; expected 'default', 'quick' or 'tiny'")
 
 
@@ -76,7 +76,7 @@ def with_overrides(cfg: AnalyseConfig, **overrides: Any) -> AnalyseConfig:
 
 
 def _check(cfg: AnalyseConfig) -> None:
-    for name in ("n_samples", "batch_size", "n_reference", "uv_n", "uv_sigmas", "likelihood_n", "likelihood_steps",
+    for name in ("n_samples", "batch_size", "n_reference", "uv_n", "uv_sigmas", "likelihood_n",
                  "hutchinson_probes", "n_fixed_points", "n_pairs"):
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -91,7 +91,7 @@ def _check(cfg: AnalyseConfig) -> None:
         raise ValueError(f"skip_fractions must lie in [0, 1) and include 0 (the unskipped run), got {cfg.skip_fractions}")
     if any(int(k) != k or k < 1 for k in cfg.gmm_components):
         raise ValueError(f"gmm_components must be positive integers, got {cfg.gmm_components}")
-    for name in ("sigma_min", "sigma_max"):
+    for name in ("sigma_min", "sigma_max", "likelihood_rtol"):
         v = getattr(cfg, name)
         if v is not None and not v > 0:
             raise ValueError(f"{name} must be > 0, got {v}")
