@@ -11,6 +11,7 @@ global RNG. Grids are descending and may end in 0 (the last step then returns th
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Optional
 
@@ -164,17 +165,28 @@ def dpm_2_ancestral(
 
 def lms_coefficients(sigmas: list[float], i: int, order: int) -> list[float]:
     """``int_{sigma_i}^{sigma_{i+1}} l_j(tau) dtau`` for the Lagrange basis ``l_j`` on ``sigma_i, ..., sigma_{i-order+1}``
-    (``j = 0`` is the newest point), integrated exactly."""
-    from numpy.polynomial import polynomial as P
-
+    (``j = 0`` is the newest point), by ``order``-point Gauss-Legendre quadrature (exact for these polynomials)."""
     nodes = [sigmas[i - k] for k in range(order)]
+    a, b = sigmas[i], sigmas[i + 1]
+    half, mid = 0.5 * (b - a), 0.5 * (b + a)
+    taus = [(mid + half * u, half * w) for u, w in _gauss_legendre(order)]
     out = []
     for j in range(order):
-        others = [t for k, t in enumerate(nodes) if k != j]
-        denom = math.prod(nodes[j] - t for t in others)
-        antider = P.polyint(P.polyfromroots(np.array(others, dtype=np.float64)) if others else np.ones(1))
-        out.append(float((P.polyval(sigmas[i + 1], antider) - P.polyval(sigmas[i], antider)) / denom))
+        total = 0.0
+        for tau, w in taus:
+            prod = w
+            for k, t in enumerate(nodes):
+                if k != j:
+                    prod *= (tau - t) / (nodes[j] - t)
+            total += prod
+        out.append(total)
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _gauss_legendre(n: int) -> tuple[tuple[float, float], ...]:
+    u, w = np.polynomial.legendre.leggauss(n)
+    return tuple(zip(u.tolist(), w.tolist()))
 
 
 def lms(
