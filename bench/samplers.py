@@ -204,7 +204,7 @@ def overhead_kdiffusion(shape: tuple[int, ...], batch: int, steps: int, repeats:
     x = torch.randn(batch, *shape)
     identity = lambda y, s: y  # noqa: E731
     randn = lambda s, s_next: torch.randn_like(x)  # noqa: E731
-    grid = sigmas_karras(steps, 0.01, 10.0, dtype=torch.float32)
+    grid = sigmas_karras(steps, sigma_min=0.01, sigma_max=10.0, dtype=torch.float32)
     lines = []
     for label, name, kd_name, opts, evals in NEW_SAMPLERS:
         extra = dict(opts, noise_sampler=randn) if "noise_sampler" in inspect.signature(SAMPLERS[name]).parameters else dict(opts)

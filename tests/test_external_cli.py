@@ -29,7 +29,7 @@ def test_sample_with_a_diffusers_model(model_dir, tmp_path, capsys):
     got = np.load(out.with_suffix(".npz"))["samples"]
     # the same samples through the Python API: sample i from seed 5 + i
     den = load_diffusers(model_dir)
-    sig = sigmas_karras(4, den.sigma_min, den.sigma_max)
+    sig = sigmas_karras(4, sigma_min=den.sigma_min, sigma_max=den.sigma_max)
     x = float(sig[0]) * noise([5, 6, 7], (1, 8, 8))
     with torch.no_grad():
         want = SAMPLERS["euler"](den, x, sig, seeds=[5, 6, 7]).numpy()

@@ -241,7 +241,7 @@ STOCHASTIC = {
 def test_stochastic_samplers_match_kdiffusion(device, name, eta):
     model = mixture(device)
     x = torch.randn(4, 2, dtype=F64, generator=torch.Generator().manual_seed(1)).to(device) * 10
-    sigmas = sigmas_karras(7, 0.02, 10.0, device=device)
+    sigmas = sigmas_karras(7, sigma_min=0.02, sigma_max=10.0, device=device)
     ns = keyed_noise(x.shape, device)
     ours = SAMPLERS[name](model, x, sigmas, eta=eta, s_noise=0.9, noise_sampler=ns)
     ref = STOCHASTIC[name](model, x, sigmas, eta=eta, s_noise=0.9, noise_sampler=ns)
@@ -253,7 +253,7 @@ def test_stochastic_samplers_match_kdiffusion(device, name, eta):
 def test_deterministic_samplers_match_kdiffusion(device):
     model = mixture(device)
     x = torch.randn(4, 2, dtype=F64, generator=torch.Generator().manual_seed(1)).to(device) * 10
-    sigmas = sigmas_karras(9, 0.02, 10.0, device=device)
+    sigmas = sigmas_karras(9, sigma_min=0.02, sigma_max=10.0, device=device)
     pairs = [
         (kd.dpm_2(model, x, sigmas), ref_dpm_2(model, x, sigmas), "dpm_2"),
         (kd.lms(model, x, sigmas), ref_lms(model, x, sigmas), "lms"),
@@ -270,7 +270,7 @@ def test_deterministic_samplers_match_kdiffusion(device):
 def test_ddim_identities(device):
     model = mixture(device)
     x = torch.randn(4, 2, dtype=F64, generator=torch.Generator().manual_seed(2)).to(device) * 10
-    sigmas = sigmas_karras(8, 0.02, 10.0, device=device)
+    sigmas = sigmas_karras(8, sigma_min=0.02, sigma_max=10.0, device=device)
     err = float((kd.ddim(model, x, sigmas) - euler(model, x, sigmas)).abs().max())
     assert err < 1e-12, f"ddim(eta=0) vs euler: {err:.2e}"
     ns = keyed_noise(x.shape, device)
@@ -286,7 +286,7 @@ def test_ddim_identities(device):
 
 def _order(name, runner, model, x, lo, hi, ns=(16, 32, 64)):
     exact = model.teleport(x, hi, lo)
-    errs = [float((runner(model, x, sigmas_geometric(n + 1, hi, lo)) - exact).abs().max()) for n in ns]
+    errs = [float((runner(model, x, sigmas_geometric(n + 1, sigma_max=hi, sigma_min=lo)) - exact).abs().max()) for n in ns]
     return [math.log2(errs[k] / errs[k + 1]) for k in range(len(errs) - 1)], errs
 
 
@@ -320,7 +320,7 @@ def test_convergence_order_against_the_gaussian_flow_map(name):
 def test_seeded_noise_is_per_sample(device, name):
     model = mixture(device)
     x = torch.randn(3, 2, dtype=F64, generator=torch.Generator().manual_seed(5)).to(device) * 10
-    sigmas = sigmas_karras(6, 0.02, 10.0, device=device)
+    sigmas = sigmas_karras(6, sigma_min=0.02, sigma_max=10.0, device=device)
     opts = dict(eta=0.8) if name == "ddim" else {}
     batch = SAMPLERS[name](model, x, sigmas, seeds=[7, 8, 9], **opts)
     alone = SAMPLERS[name](model, x[1:2], sigmas, seeds=[8], **opts)
@@ -343,7 +343,7 @@ def test_dpmpp_sde_default_noise_is_a_brownian_pair():
 def test_bad_options():
     model = mixture("cpu")
     x = torch.zeros(2, 2, dtype=F64)
-    s = sigmas_karras(4, 0.1, 1.0)
+    s = sigmas_karras(4, sigma_min=0.1, sigma_max=1.0)
     with pytest.raises(ValueError, match="eta"):
         kd.euler_ancestral(model, x, s, eta=-1.0)
     with pytest.raises(ValueError, match="clip"):

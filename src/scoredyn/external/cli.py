@@ -146,7 +146,7 @@ def invert_main(args: argparse.Namespace) -> int:
     hi = args.sigma_max if args.sigma_max is not None else m.sigma_max
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    grid = (sigmas_karras(args.steps, lo, hi)[:-1] if args.grid == "karras" else sigmas_geometric(max(args.steps, 2), hi, lo)).flip(0)
+    grid = (sigmas_karras(args.steps, sigma_min=lo, sigma_max=hi)[:-1] if args.grid == "karras" else sigmas_geometric(max(args.steps, 2), sigma_min=lo, sigma_max=hi)).flip(0)
     options = dict(args.opt)
     latents = []
     for s, e in _batches(x.shape[0], args.batch_size):

@@ -29,3 +29,24 @@ def invert(denoiser: Denoiser, x: Tensor, sigmas: GridLike, *, sampler: str = "e
     if vals[0] <= 0:
         raise ValueError(f"an inversion grid must start above 0 (the ODE is singular at sigma = 0), got sigmas[0] = {vals[0]:.6g}")
     return SAMPLERS[sampler](denoiser, x, sigmas, **options)
+
+
+def ode_ascending(denoiser: Denoiser, x: Tensor, sigma_from: float, sigma_to: float, *, rtol: float = 1e-5, atol: float = 1e-5) -> Tensor:
+    """The probability-flow ODE ``dx/dsigma = (x - D(x, sigma)) / sigma`` from ``sigma_from`` up to ``sigma_to``
+    by Dormand-Prince (torchdiffeq ``dopri5``, time in float64), ``0 < sigma_from < sigma_to``."""
+    import torch
+
+    from .common import SamplerDivergence
+    from .ode import _odeint
+
+    batch = x.shape[0]
+
+    def velocity(t: Tensor, y: Tensor) -> Tensor:
+        s = t.clamp(min=sigma_from).to(y.dtype)
+        v = (y - denoiser(y, s.expand(batch))) / s
+        if not bool(torch.isfinite(v).all()):
+            raise SamplerDivergence(f"ode_adaptive: non-finite derivative at sigma {float(t):.6g} (inverting {sigma_from:.6g} -> {sigma_to:.6g})")
+        return v
+
+    t = torch.tensor([sigma_from, sigma_to], dtype=torch.float64, device=x.device)
+    return _odeint(velocity, x, t, rtol, atol)[-1]

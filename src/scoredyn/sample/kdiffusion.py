@@ -83,7 +83,8 @@ def ddim(
     callback: Optional[Callback] = None, progress: bool = False,
     eta: float = 0.0, clip: Optional[float] = None, s_noise: float = 1.0, noise_sampler: Optional[NoiseSampler] = None,
 ) -> Tensor:
-    """DDIM, Song et al. 2021a (arXiv:2010.02502) Eq. 12, in sigma-space (eta = 0 is :func:`euler`).
+    """DDIM, Song et al. 2021a (arXiv:2010.02502) Eq. 12, in sigma-space (eta = 0 is :func:`euler`; with
+    eta = 0 it also runs up an ascending grid, DDIM inversion, §4.3).
 
     ``clip`` clamps the predicted ``x0`` to ``[-clip, clip]`` and keeps the raw noise estimate, as
     diffusers' ``DDIMScheduler(clip_sample=True)`` does; with the same noise the two agree step for step.
@@ -91,7 +92,7 @@ def ddim(
     eta, s_noise = _eta(eta, s_noise)
     if clip is not None:
         clip = check_positive("clip", clip)
-    run = Run("ddim", denoiser, x, sigmas, seeds, callback, progress)
+    run = Run("ddim", denoiser, x, sigmas, seeds, callback, progress, invertible=eta == 0)
     return _ddim_loop(run, x, eta, s_noise, clip, noise_sampler)
 
 
