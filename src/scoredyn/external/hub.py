@@ -82,9 +82,10 @@ def load_diffusers(
         )
     unet_cls = _class_of(unet_dir / "config.json", "model")
     sched_cls = _class_of(sched_file, "scheduler")
-    unet = unet_cls.from_pretrained(str(unet_dir), local_files_only=True)
+    kwargs = {} if dtype is None else {"torch_dtype": dtype}
+    unet = unet_cls.from_pretrained(str(unet_dir), local_files_only=True, **kwargs)
     scheduler = sched_cls.from_config(sched_cls.load_config(str(sched_file.parent)))
-    unet = unet.to(device=device, dtype=dtype).eval()
+    unet = (unet if device is None else unet.to(device)).eval()
     for p in unet.parameters():
         p.requires_grad_(False)
     return from_diffusers(unet, scheduler, timestep_map=timestep_map, quantize=quantize)

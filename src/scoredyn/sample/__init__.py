@@ -33,6 +33,7 @@ from .grids import (
     sigmas_for,
     sigmas_loglinear,
 )
+from .invert import INVERTIBLE, invert
 from .noise import noise
 from .ode import autonomous, nearest_distance, ode_adaptive, ode_adaptive_sampler, unconditional_ode
 from .solvers import annealed_langevin, dpmpp_2m, euler, euler_maruyama, heun, unipc
@@ -53,6 +54,8 @@ SAMPLERS: Dict[str, Callable[..., Tensor]] = {
 """Name -> sampler with the shared signature (used by ``scoredyn sample --sampler NAME``)."""
 
 __all__ = [
+    "INVERTIBLE",
+    "invert",
     "lms",
     "euler_ancestral",
     "dpmpp_sde",

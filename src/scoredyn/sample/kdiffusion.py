@@ -11,6 +11,7 @@ global RNG. Grids are descending and may end in 0 (the last step then returns th
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Optional
 
@@ -82,7 +83,8 @@ def ddim(
     callback: Optional[Callback] = None, progress: bool = False,
     eta: float = 0.0, clip: Optional[float] = None, s_noise: float = 1.0, noise_sampler: Optional[NoiseSampler] = None,
 ) -> Tensor:
-    """DDIM, Song et al. 2021a (arXiv:2010.02502) Eq. 12, in sigma-space (eta = 0 is :func:`euler`).
+    """DDIM, Song et al. 2021a (arXiv:2010.02502) Eq. 12, in sigma-space (eta = 0 is :func:`euler`; with
+    eta = 0 it also runs up an ascending grid, DDIM inversion, §4.3).
 
     ``clip`` clamps the predicted ``x0`` to ``[-clip, clip]`` and keeps the raw noise estimate, as
     diffusers' ``DDIMScheduler(clip_sample=True)`` does; with the same noise the two agree step for step.
@@ -90,7 +92,7 @@ def ddim(
     eta, s_noise = _eta(eta, s_noise)
     if clip is not None:
         clip = check_positive("clip", clip)
-    run = Run("ddim", denoiser, x, sigmas, seeds, callback, progress)
+    run = Run("ddim", denoiser, x, sigmas, seeds, callback, progress, invertible=eta == 0)
     return _ddim_loop(run, x, eta, s_noise, clip, noise_sampler)
 
 
@@ -164,17 +166,28 @@ def dpm_2_ancestral(
 
 def lms_coefficients(sigmas: list[float], i: int, order: int) -> list[float]:
     """``int_{sigma_i}^{sigma_{i+1}} l_j(tau) dtau`` for the Lagrange basis ``l_j`` on ``sigma_i, ..., sigma_{i-order+1}``
-    (``j = 0`` is the newest point), integrated exactly."""
-    from numpy.polynomial import polynomial as P
-
+    (``j = 0`` is the newest point), by ``order``-point Gauss-Legendre quadrature (exact for these polynomials)."""
     nodes = [sigmas[i - k] for k in range(order)]
+    a, b = sigmas[i], sigmas[i + 1]
+    half, mid = 0.5 * (b - a), 0.5 * (b + a)
+    taus = [(mid + half * u, half * w) for u, w in _gauss_legendre(order)]
     out = []
     for j in range(order):
-        others = [t for k, t in enumerate(nodes) if k != j]
-        denom = math.prod(nodes[j] - t for t in others)
-        antider = P.polyint(P.polyfromroots(np.array(others, dtype=np.float64)) if others else np.ones(1))
-        out.append(float((P.polyval(sigmas[i + 1], antider) - P.polyval(sigmas[i], antider)) / denom))
+        total = 0.0
+        for tau, w in taus:
+            prod = w
+            for k, t in enumerate(nodes):
+                if k != j:
+                    prod *= (tau - t) / (nodes[j] - t)
+            total += prod
+        out.append(total)
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _gauss_legendre(n: int) -> tuple[tuple[float, float], ...]:
+    u, w = np.polynomial.legendre.leggauss(n)
+    return tuple(zip(u.tolist(), w.tolist()))
 
 
 def lms(

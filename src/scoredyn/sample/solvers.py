@@ -25,7 +25,7 @@ def euler(
     callback: Optional[Callback] = None, progress: bool = False,
 ) -> Tensor:
     """Euler's method on the probability-flow ODE (Song et al. 2021; Karras et al. 2022, Eq. 1)."""
-    run = Run("euler", denoiser, x, sigmas, seeds, callback, progress)
+    run = Run("euler", denoiser, x, sigmas, seeds, callback, progress, invertible=True)
     sig = run.sigmas
     for i in run.steps():
         d = run.denoise(x, sig[i])
@@ -41,13 +41,15 @@ def heun(
     s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
 ) -> Tensor:
     """Heun's 2nd-order sampler with optional churn, Karras et al. 2022 (EDM) Algorithm 2."""
-    run = Run("heun", denoiser, x, sigmas, seeds, callback, progress)
+    run = Run("heun", denoiser, x, sigmas, seeds, callback, progress, invertible=True)
     sig, n = run.sigmas, run.n_steps
     s_churn = check_positive("s_churn", s_churn, allow_zero=True)
     s_noise = check_positive("s_noise", s_noise, allow_zero=True)
     s_tmin = check_positive("s_tmin", s_tmin, allow_zero=True)
     if math.isnan(float(s_tmax)) or float(s_tmax) < s_tmin:
         raise ValueError(f"s_tmax must be >= s_tmin = {s_tmin} (inf allowed), got {s_tmax}")
+    if run.ascending and s_churn > 0:
+        raise ValueError("heun inverts (an ascending grid) only without churn; got s_churn > 0")
     for i in run.steps():
         s, s_next = sig[i], sig[i + 1]
         gamma = min(s_churn / n, math.sqrt(2.0) - 1.0) if s_tmin <= s <= s_tmax else 0.0
@@ -73,7 +75,7 @@ def dpmpp_2m(
     callback: Optional[Callback] = None, progress: bool = False,
 ) -> Tensor:
     """DPM-Solver++(2M), Lu et al. 2022 (arXiv:2211.01095) Alg. 2, in sigma-space as in k-diffusion."""
-    run = Run("dpmpp_2m", denoiser, x, sigmas, seeds, callback, progress)
+    run = Run("dpmpp_2m", denoiser, x, sigmas, seeds, callback, progress, invertible=True)
     sig = run.sigmas
     old: Optional[Tensor] = None
     for i in run.steps():
@@ -191,7 +193,7 @@ def unipc(
     order: int = 2, variant: str = "bh2", lower_order_final: bool = True,
 ) -> Tensor:
     """UniPC (UniP-p predictor + UniC corrector), Zhao et al. 2023 (arXiv:2302.04867), data prediction."""
-    run = Run("unipc", denoiser, x, sigmas, seeds, callback, progress)
+    run = Run("unipc", denoiser, x, sigmas, seeds, callback, progress, invertible=True)
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
     if variant not in ("bh1", "bh2"):
