@@ -119,6 +119,30 @@ def test_data_range_mismatch_is_a_clear_error_and_the_option_maps_it(tmp_path: P
     assert list(res["config"]["data_range"]) == [-1.0, 1.0]
 
 
+def test_likelihood_section_matches_the_closed_form_of_a_gaussian_model(tmp_path: Path) -> None:
+    """For N(0, I) data the exact denoiser is D(x, sigma) = x / (1 + sigma^2) and p_sigma = N(0, (1 + sigma^2) I):
+    the section's bits/dim must equal -log p_sigma_min(x) / (d log 2) averaged over the same points."""
+
+    class Shrink(torch.nn.Module):
+        def forward(self, x: torch.Tensor, sigma: Any) -> torch.Tensor:
+            s = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, *[1] * (x.dim() - 1))
+            return x / (1 + s**2)
+
+    gen = torch.Generator().manual_seed(0)
+    train_x, held = torch.randn(8, 2, generator=gen), 2.0 * torch.randn(8, 2, generator=gen)
+    cfg = analyse.with_overrides(analyse.preset("tiny"), likelihood_n=8, likelihood_rtol=1e-6, sigma_min=0.01,
+                                 sigma_max=100.0, gmm_components=(2,))
+    res = analyse.run(Shrink(), train_x, held, tmp_path, cfg, progress=False, log=lambda s: None)
+    rows = {r[0]: r for r in _sections(res)["6. Likelihood"]["tables"]["likelihood"]["rows"]}
+    var = 1 + 0.01**2
+    for name, x in (("train", train_x), ("held-out", held)):
+        nll = 0.5 * (x.double() ** 2).sum(1) / var + math.log(2 * math.pi * var)  # d = 2
+        want = float((nll / (2 * math.log(2))).mean())
+        assert rows[name][2] == pytest.approx(want, abs=2e-3), f"{name}: section {rows[name][2]}, closed form {want}"
+    gap = rows["gap: held-out - train"][2]
+    assert gap > 1.0, f"held-out points drawn 2x wider must be less likely: gap {gap} bits/dim"
+
+
 def test_a_folder_that_is_no_model_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["analyse", str(tmp_path), "--data", "moons", "--tiny", "--out", str(tmp_path / "o")])
     assert rc == 2

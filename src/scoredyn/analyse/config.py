@@ -60,7 +60,7 @@ def preset(mode: str = "default") -> AnalyseConfig:
     if mode == "tiny":
         return AnalyseConfig(mode="tiny", n_samples=48, batch_size=32, n_reference=48, n_pairs=4, uv_n=16,
                              uv_sigmas=4, gmm_components=(2, 4), skip_fractions=(0.0, 0.25, 0.5),
-                             likelihood_n=8, likelihood_rtol=1e-2, n_fixed_points=4)
+                             likelihood_n=8, likelihood_rtol=1e-2, exact_trace_max_dim=8, n_fixed_points=4)
     raise ValueError(f"unknown analyse mode {mode!r}; expected 'default', 'quick' or 'tiny'")
 
 
