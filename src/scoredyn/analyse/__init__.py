@@ -175,7 +175,8 @@ def _findings(a: Analysis, h: dict[str, Any]) -> Section:
         rows.append(["", "median distance to the training set, samples / held-out data",
                      f"{h['nn_ratio_to_heldout']:.3g} (1: as far as fresh data; 0: copies)"])
     rows.append(["How good are the samples?", f"FID to {a.reference_name} data (floor: real vs real)",
-                 f"{h['fid']:.4g} (floor {h['fid_floor']:.4g}; empirical denoiser {h['fid_empirical']:.4g})"])
+                 f"{h['fid']:.4g} at {h['fid_points']} points (floor {h['fid_floor']:.4g} at {h['fid_floor_points']}; "
+                 f"empirical denoiser {h['fid_empirical']:.4g})"])
     g = h["gaussian_explains_from_sigma"]
     rows.append(["How Gaussian is it?", f"smallest sigma from which the Gaussian explains >= "
                  f"{1 - a.cfg.gauss_threshold:.0%} of the score",
@@ -189,8 +190,10 @@ def _findings(a: Analysis, h: dict[str, Any]) -> Section:
                      f"{h['likelihood_gap_bpd']:.3g} ± {h['likelihood_gap_se']:.2g} (train {h['bpd_train']:.4g}, "
                      f"held-out {h['bpd_heldout']:.4g})"])
     if "fixed_points_converged" in h:
-        rows.append(["Where does sampling end?", "fixed points at sigma_min within 3 sigma_min of a training point",
-                     f"{h['fixed_points_within_3_sigma_min']:.3g} of {h['fixed_points_converged']} converged"])
+        n_conv = h["fixed_points_converged"]
+        rows.append(["Where does sampling end?", "fixed points at sigma_min: fraction within 3 sigma_min of a "
+                     "training point", f"{h['fixed_points_within_3_sigma_min']:.3g} of {n_conv} converged" if n_conv
+                     else f"no fixed point found from {a.cfg.n_fixed_points} samples"])
     t = Table("findings", "Findings", ["question", "measure", "value"], rows)
     head = Table("headline", "Headline numbers (results.json holds them too)", ["quantity", "value"],
                  [[k, v] for k, v in h.items()])

@@ -54,17 +54,19 @@ def section(a: Analysis, fp: dict[str, Any]) -> tuple[Section, dict[str, Any]]:
     within = float((d <= 3 * a.model.sigma_min).double().mean()) if d.numel() else float("nan")
     copies = float(fp["copy"][conv].double().mean()) if d.numel() else float("nan")
     rows = [["start points", int(conv.numel())], ["converged to a finite point", int(conv.sum())],
-            *[[f"kind: {k}", v] for k, v in sorted(kinds.items())],
-            ["median distance to the nearest training point", float(d.median()) if d.numel() else float("nan")],
-            ["fraction within 3 sigma_min of a training point", within],
-            ["fraction that are copies (d(NN1)/d(NN2) < 1/3)", copies],
-            ["median distance moved from the start sample", float(fp["start_moved"][conv].median())
-             if d.numel() else float("nan")]]
+            *[[f"kind: {k}", v] for k, v in sorted(kinds.items())]]
+    if d.numel():  # distances only for the points that were found
+        rows += [["median distance to the nearest training point", float(d.median())],
+                 ["fraction within 3 sigma_min of a training point", within],
+                 ["fraction that are copies (d(NN1)/d(NN2) < 1/3)", copies],
+                 ["median distance moved from the start sample", float(fp["start_moved"][conv].median())]]
     t = Table("fixed_points", f"Fixed points of x -> D(x, sigma_min = {a.model.sigma_min:g}) started from samples",
               ["quantity", "value"], rows, f"Newton solves ({fp['method']}), tolerance 1e-5 rms.")
     head = {"fixed_points_converged": int(conv.sum()), "fixed_points_stable": kinds.get("stable", 0),
             "fixed_points_within_3_sigma_min": within}
-    text = ("Where does the sampler's last step lead? Points with D(x, sigma_min) = x are equilibria of the "
+    text = ("" if d.numel() else "No Newton solve converged from these starts (the denoiser map has no equilibrium "
+            "near the samples, or Newton left its basin): no distances to report. ")
+    text += ("Where does the sampler's last step lead? Points with D(x, sigma_min) = x are equilibria of the "
             "denoiser map; stable ones sitting on training points mean the model's small-noise dynamics end in "
             "copies (Kim 2026, Thm 4.4), while equilibria away from the training set mean it generalizes.")
     return Section("7. Dynamics at the smallest sigma", text, tables=[t]), head

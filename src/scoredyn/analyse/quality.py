@@ -44,45 +44,50 @@ def compute(a: Analysis, model: dict[str, Any], emp: dict[str, Any]) -> dict[str
     """The quality rows at one sample count ``m`` (a cached stage)."""
     ref = a.reference
     per_set = ref.shape[0] if a.heldout is not None else ref.shape[0] // 2  # no held-out: two disjoint halves
-    m = min(a.cfg.n_samples, a.cfg.n_reference, per_set, a.train.shape[0])
+    m = min(a.cfg.n_samples, a.cfg.n_reference, per_set)
+    m_train = min(m, a.train.shape[0])  # a small training set gives its rows at a smaller count
 
     def work() -> dict[str, Any]:
         rows: list[dict[str, Any]] = []
         f_ref = featurize(a, a.subset(ref, m, STREAM_SUBSET))
         f_model = featurize(a, model["x"][:m])
-        f_emp = featurize(a, emp["x"][:m])
-        rows.append({"pair": f"model samples vs {a.reference_name} data", **scores(f_model, f_ref, a.ctx.seed)})
-        rows.append({"pair": f"empirical-denoiser samples vs {a.reference_name} data",
-                     **scores(f_emp, f_ref, a.ctx.seed)})
+        rows.append({"pair": f"model samples vs {a.reference_name} data", "n": m,
+                     **scores(f_model, f_ref, a.ctx.seed)})
+        rows.append({"pair": f"empirical-denoiser samples vs {a.reference_name} data", "n": m,
+                     **scores(featurize(a, emp["x"][:m]), f_ref, a.ctx.seed)})
         if a.heldout is not None:
-            f_train = featurize(a, a.subset(a.train, m, STREAM_SUBSET + 100))
-            rows.append({"pair": "model samples vs training data",
-                         **scores(f_model, f_train, a.ctx.seed)})
-            rows.append({"pair": "floor: training vs held-out data", **scores(f_train, f_ref, a.ctx.seed)})
+            f_train = featurize(a, a.subset(a.train, m_train, STREAM_SUBSET + 100))
+            rows.append({"pair": "model samples vs training data", "n": m_train,
+                         **scores(f_model[:m_train], f_train, a.ctx.seed)})
+            rows.append({"pair": "floor: training vs held-out data", "n": m_train,
+                         **scores(f_train, f_ref[:m_train], a.ctx.seed)})
         else:  # the floor from two disjoint halves of the training set
             perm = torch.randperm(ref.shape[0], generator=torch.Generator().manual_seed(a.ctx.seed))
             half_a, half_b = ref[perm[:m].to(ref.device)], ref[perm[m : 2 * m].to(ref.device)]
-            rows.append({"pair": "floor: training data, one half vs the other",
+            rows.append({"pair": "floor: training data, one half vs the other", "n": m,
                          **scores(featurize(a, half_a), featurize(a, half_b), a.ctx.seed)})
         return {"rows": rows, "m": m, "net": feature_net(a)}
 
-    return a.stage("quality", {"m": m, "net": feature_net(a), **a.sampling(), "n": a.cfg.n_samples}, work)
+    return a.stage("quality", {"m": m, "m_train": m_train, "net": feature_net(a), **a.sampling(),
+                               "n": a.cfg.n_samples}, work)
 
 
 def section(a: Analysis, q: dict[str, Any]) -> tuple[Section, dict[str, Any]]:
     """The quality table and its headline numbers."""
-    rows = [[r["pair"], r["fid"], r["kid"], r["precision"], r["recall"]] for r in q["rows"]]
+    rows = [[r["pair"], r["n"], r["fid"], r["kid"], r["precision"], r["recall"]] for r in q["rows"]]
     net = q["net"]
     what = ("raw coordinates (no feature network for this data shape; pass fid_net='inception:PATH' for images)"
             if net == "raw" else f"the {net!r} feature network")
-    t = Table("quality", f"Sample quality on {what}, {q['m']} points per set",
-              ["compared sets", "FID", "KID", "precision", "recall"], rows,
+    t = Table("quality", f"Sample quality on {what}",
+              ["compared sets", "points per set", "FID", "KID", "precision", "recall"], rows,
               "FID: Frechet distance of Gaussians fitted to the features (Heusel et al. 2017); KID: unbiased MMD^2 "
               "with the cubic kernel (Binkowski et al. 2018); precision / recall: k-NN manifolds, k = 3 "
               "(Kynkaanniemi et al. 2019). The floor row is what two samples of real data reach at this count: "
-              "a model cannot be told apart from the data below it.")
+              "a model cannot be told apart from the data below it. FID is biased upwards at small counts: compare "
+              "rows with the same number of points only.")
     floor = next(r for r in q["rows"] if r["pair"].startswith("floor"))
-    head = {"fid": q["rows"][0]["fid"], "fid_floor": floor["fid"], "fid_empirical": q["rows"][1]["fid"],
+    head = {"fid": q["rows"][0]["fid"], "fid_points": q["rows"][0]["n"], "fid_floor": floor["fid"],
+            "fid_floor_points": floor["n"], "fid_empirical": q["rows"][1]["fid"],
             "precision": q["rows"][0]["precision"], "recall": q["rows"][0]["recall"]}
     text = f"Features: {what}."
     if net != "raw":
