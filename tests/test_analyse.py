@@ -24,8 +24,9 @@ MOONS_SPEC = {"net": "MLP", "net_kwargs": {"dim": 2, "hidden": 64, "depth": 2, "
 def moons_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny EDM model trained for 300 steps on 300 moons points, saved as a scoredyn run."""
     out = tmp_path_factory.mktemp("moons_run")
-    train.fit(dict(MOONS_SPEC), "moons", data_n=300, steps=300, batch_size=128, lr=3e-3, sigma_dist="lognormal",
-              sigma_min=0.002, sigma_max=80.0, seed=0, out=out, ckpt_every=300, progress=False, log_every=1000)
+    cfg = train.TrainConfig(steps=300, batch_size=128, lr=3e-3, sigma_dist="lognormal", sigma_min=0.002, sigma_max=80.0,
+                            seed=0, ckpt_every=300, log_every=1000)
+    train.fit(dict(MOONS_SPEC), "moons", cfg, out=out, data_n=300, progress=False)
     return out
 
 

@@ -27,7 +27,8 @@ from ..studies.report import Section, StudyReport, Table, versions, write_report
 from ..studies.stages import Context, Stages
 from . import fixed_points, likelihood, memorization, quality, samples, structure, teleport
 from .config import SECTIONS, AnalyseConfig, preset, with_overrides
-from .context import Analysis, skipped
+from ..train.cli import _DEFAULT_GRID
+from .context import Analysis, sampler_fn, skipped
 from .inputs import Range, describe, prepare
 
 __all__ = ["AnalyseConfig", "SECTIONS", "preset", "run", "with_overrides"]
@@ -72,10 +73,10 @@ def run(
     assert train_t is not None
     note = _training_set_note(model, train)
     sampler = cfg.sampler or model.sampler
-    if sampler not in sample.SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(sorted(sample.SAMPLERS))}")
+    sampler_fn(sampler)  # a known name
     steps = cfg.steps or DEFAULT_STEPS.get(sampler, 18)
-    grid = sample.sigmas_for(sampler, steps, model.sigma_min, model.sigma_max).to(torch.float32)
+    grid = sample.sigma_grid(_DEFAULT_GRID.get(sampler, "karras"), steps, sigma_min=model.sigma_min,
+                             sigma_max=model.sigma_max).to(torch.float32)
     out = Path(out)
     stages = Stages(out / "cache", log=log, reuse=reuse)
     ctx = Context(stages=stages, device=dev, seed=cfg.seed, out=out, progress=progress, log=log)

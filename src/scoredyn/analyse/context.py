@@ -88,7 +88,7 @@ class Analysis:
         """``n`` samples from seeded noise (stream ``STREAM_SAMPLES``; sample ``i`` depends on seed ``i`` alone)
         and the number of denoiser evaluations per sample."""
         grid = self.grid if grid is None else grid
-        fn = sample.SAMPLERS[self.sampler] if sampler is None else sampler
+        fn = sampler_fn(self.sampler) if sampler is None else sampler
         all_seeds = seeds(self.ctx.seed, STREAM_SAMPLES, n)
         out, nfe = [], 0
         bs = self.cfg.batch_size
@@ -102,6 +102,14 @@ class Analysis:
         if self.ctx.progress:
             self.ctx.log(f"    {desc}: {n} samples, {nfe} evaluations each")
         return torch.cat(out), nfe
+
+
+def sampler_fn(name: str) -> Callable[..., Tensor]:
+    """A sampler by name: ``scoredyn.sample.SAMPLERS`` (denoisers) or ``FIELD_SAMPLERS`` (score fields)."""
+    registry = {**sample.SAMPLERS, **sample.FIELD_SAMPLERS}
+    if name not in registry:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(sorted(registry))}")
+    return registry[name]
 
 
 def skipped(title: str, reason: str) -> Section:

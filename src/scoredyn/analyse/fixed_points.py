@@ -40,7 +40,7 @@ def compute(a: Analysis, model: dict[str, Any]) -> dict[str, Any]:
         points = torch.where(conv.reshape(-1, *[1] * (start.dim() - 1)), found.points, start)
         mem = metrics.memorization(points, a.train, sigma_min=s_min, k=3.0)
         return {"points": points, "converged": conv, "kind": kind, "method": found.method,
-                "nn_distance": mem["nn_distance"].float(), "copy": mem["is_copy"],
+                "nn_distance": mem.nn_distance.float(), "copy": mem.is_copy,
                 "start_moved": (points - start).flatten(1).norm(dim=1).float()}
 
     return a.stage("fixed_points", {**a.sampling(), "n": n, "sigma": s_min}, work)

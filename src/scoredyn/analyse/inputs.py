@@ -101,7 +101,7 @@ def describe(
     if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi):
         raise ValueError(f"the model's noise range must satisfy 0 < sigma_min < sigma_max, got [{lo}, {hi}]")
     conditioning = getattr(denoiser, "conditioning", "edm")
-    sampler = DEFAULT_SAMPLER.get(conditioning, "heun")
+    sampler = getattr(denoiser, "default_sampler", None) or DEFAULT_SAMPLER.get(conditioning, "heun")
     rng = data_range if data_range is not None else getattr(denoiser, "data_range", None)
     train_desc = (cfg.get("train") or {}).get("data")
     if rng is None:
@@ -169,38 +169,30 @@ PathLike = Union[str, Path]
 
 
 def load_model(spec: str, device: torch.device) -> Any:
-    """The denoiser named by ``spec``: a scoredyn run / checkpoint folder or ``diffusers:PATH``."""
+    """The denoiser named by ``spec``: a scoredyn run / checkpoint folder or ``diffusers:PATH``
+    (``scoredyn.external.cli.load_model``), carrying its data shape, noise range and default sampler."""
+    from ..external.cli import DIFFUSERS_PREFIX
+    from ..external.cli import load_model as load_external
     from ..train import checkpoint
 
-    if spec.startswith("diffusers:"):
-        return _load_diffusers(spec[len("diffusers:"):], device)
-    path = Path(spec).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"model {spec!r}: {path} does not exist; expected a scoredyn run folder or diffusers:PATH")
-    if checkpoint.has_checkpoint(path):
-        return checkpoint.load(path, device=device)
-    if (path / "model_index.json").is_file() or (path / "config.json").is_file() or (path / "unet").is_dir():
-        raise ValueError(f"{path} is not a scoredyn run but looks like a diffusers model; pass it as diffusers:{spec}")
-    raise ValueError(
-        f"{path} is neither a scoredyn run (no checkpoint with config.json and weights) nor a diffusers model "
-        "(no model_index.json or config.json); expected a folder written by `scoredyn train` or diffusers:PATH"
-    )
-
-
-def _load_diffusers(path: str, device: torch.device) -> Any:
-    try:
-        from ..external import load_diffusers  # type: ignore[attr-defined]
-    except ImportError:
-        raise ValueError(
-            "diffusers models need scoredyn.external.load_diffusers, which this installation lacks"
-        ) from None
-    model = load_diffusers(path, device=device)
-    config = getattr(getattr(model, "model", None), "config", None)
-    size, channels = getattr(config, "sample_size", None), getattr(config, "in_channels", None)
-    if size is not None and channels is not None:  # what the network was trained on (a UNet runs on any size)
-        h, w = (size, size) if isinstance(size, int) else tuple(size)
-        model.data_shape = (int(channels), int(h), int(w))
-    return model
+    if not spec.startswith(DIFFUSERS_PREFIX):
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"model {spec!r}: {path} does not exist; expected a scoredyn run folder or "
+                                    f"{DIFFUSERS_PREFIX}PATH")
+        if not checkpoint.has_checkpoint(path):
+            if (path / "model_index.json").is_file() or (path / "config.json").is_file() or (path / "unet").is_dir():
+                raise ValueError(f"{path} is not a scoredyn run but looks like a diffusers model; pass it as "
+                                 f"{DIFFUSERS_PREFIX}{spec}")
+            raise ValueError(
+                f"{path} is neither a scoredyn run (no checkpoint with config.json and weights) nor a diffusers model "
+                "(no model_index.json or config.json); expected a folder written by `scoredyn train` or "
+                f"{DIFFUSERS_PREFIX}PATH")
+    ext = load_external(spec, device)
+    den = ext.denoiser
+    den.data_shape = tuple(ext.data_shape)  # a UNet runs on any size: keep the one it was trained on
+    den.sigma_min, den.sigma_max, den.default_sampler = ext.sigma_min, ext.sigma_max, ext.default_sampler
+    return den
 
 
 def load_data(spec: str, *, root: Optional[str], split: str, n: Optional[int], seed: int) -> Tensor:

@@ -24,8 +24,8 @@ def compute(a: Analysis, model: dict[str, Any], emp: dict[str, Any]) -> dict[str
 
     def stats(x: torch.Tensor) -> dict[str, Any]:
         m = metrics.memorization(x.float(), a.train, quantiles=QUANTILES)
-        return {"copy_fraction": m["copy_fraction"], "nn_distance": m["nn_distance"].float(),
-                "nn_index": m["nn_index"], "ratio": m["ratio"].float()}
+        return {"copy_fraction": m.copy_fraction, "nn_distance": m.nn_distance.float(), "nn_index": m.nn_index,
+                "ratio": m.ratio.float()}
 
     def work() -> dict[str, Any]:
         out: dict[str, Any] = {}

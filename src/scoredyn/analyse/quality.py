@@ -35,9 +35,9 @@ def featurize(a: Analysis, x: Tensor) -> Tensor:
 def scores(fa: Tensor, fb: Tensor, seed: int) -> dict[str, float]:
     """FID, KID (mean over subsets) and precision / recall of features ``fa`` (generated) against ``fb`` (real)."""
     k = 3 if min(fa.shape[0], fb.shape[0]) > 3 else 1
-    pr = metrics.precision_recall(fb, fa, k=k)
-    kid_mean, _ = metrics.kid(fa, fb, n_subsets=50, subset_size=min(1000, fa.shape[0], fb.shape[0]), seed=seed)
-    return {"fid": metrics.fid(fa, fb), "kid": kid_mean, "precision": pr.precision, "recall": pr.recall}
+    pr = metrics.precision_recall(fa, fb, k=k)
+    kid = metrics.kid(fa, fb, n_subsets=50, subset_size=min(1000, fa.shape[0], fb.shape[0]), seed=seed)
+    return {"fid": metrics.fid(fa, fb), "kid": kid.mean, "precision": pr.precision, "recall": pr.recall}
 
 
 def compute(a: Analysis, model: dict[str, Any], emp: dict[str, Any]) -> dict[str, Any]:

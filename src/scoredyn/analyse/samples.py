@@ -30,7 +30,8 @@ def empirical_sampler(a: Analysis) -> tuple[str, Tensor]:
     """The sampler and grid for the empirical denoiser: the model's, except that the noise-unconditional
     ODE needs a score field (the empirical denoiser has none), so Heun on the Karras grid replaces it."""
     if a.sampler == "unconditional_ode":
-        return "heun", sample.sigmas_karras(len(a.grid) // 2 + 1, a.model.sigma_min, a.model.sigma_max)
+        return "heun", sample.sigmas_karras(len(a.grid) // 2 + 1, sigma_min=a.model.sigma_min,
+                                            sigma_max=a.model.sigma_max)
     return a.sampler, a.grid
 
 

@@ -12,7 +12,7 @@ from .. import sample
 from ..analytic import Gaussian
 from ..plot import figure
 from ..studies.report import Figure, Section, Table, figure_png
-from .context import STREAM_SUBSET, Analysis
+from .context import STREAM_SUBSET, Analysis, sampler_fn
 from .quality import featurize
 from .structure import FULL_COV_MAX_DIM, LOW_RANK
 
@@ -39,7 +39,7 @@ def compute(a: Analysis, unskipped: dict[str, Any]) -> dict[str, Any]:
             else:
                 s_skip = float(a.grid[j])
                 x, nfe = a.draw(a.model.denoiser, a.cfg.n_samples,
-                                sampler=sample.with_teleport(sample.SAMPLERS[a.sampler], gauss, s_skip),
+                                sampler=sample.with_teleport(sampler_fn(a.sampler), gauss, s_skip),
                                 desc=f"skip {j}/{n_steps} steps (sigma_skip {s_skip:.4g})")
             dist = float((x - ref).flatten(1).norm(dim=1).mean() / ref.flatten(1).norm(dim=1).mean())
             rows.append({"fraction": frac, "steps_skipped": j, "sigma_skip": s_skip, "nfe": nfe,
