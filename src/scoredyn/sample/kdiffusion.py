@@ -21,6 +21,7 @@ from torch import Tensor
 
 from .._checks import Denoiser, check_positive
 from .common import Callback, GridLike, Run, Seeds
+from .solvers import Churn
 
 NoiseSampler = Callable[[float, float], Tensor]
 
@@ -131,18 +132,11 @@ def dpm_2(
 ) -> Tensor:
     """DPM-Solver-2 steps with Karras et al. 2022 Algorithm 2's churn (k-diffusion ``sample_dpm_2``)."""
     run = Run("dpm_2", denoiser, x, sigmas, seeds, callback, progress)
-    sig, n = run.sigmas, run.n_steps
-    s_churn = check_positive("s_churn", s_churn, allow_zero=True)
-    s_noise = check_positive("s_noise", s_noise, allow_zero=True)
-    s_tmin = check_positive("s_tmin", s_tmin, allow_zero=True)
-    if math.isnan(float(s_tmax)) or float(s_tmax) < s_tmin:
-        raise ValueError(f"s_tmax must be >= s_tmin = {s_tmin} (inf allowed), got {s_tmax}")
+    sig = run.sigmas
+    churn = Churn(s_churn, s_tmin, s_tmax, s_noise)
     for i in run.steps():
-        s, s_next = sig[i], sig[i + 1]
-        gamma = min(s_churn / n, math.sqrt(2.0) - 1.0) if s_tmin <= s <= s_tmax else 0.0
-        s_hat = s * (1.0 + gamma)
-        if gamma > 0:
-            x = x + run.noise(x, i) * (s_noise * math.sqrt(s_hat**2 - s**2))
+        s_next = sig[i + 1]
+        x, s_hat = churn(run, x, i)
         d = run.denoise(x, s_hat)
         run.emit(i, x, d, sigma_hat=s_hat)
         x = d if s_next == 0 else _dpm2_step(run, x, d, s_hat, s_next)
