@@ -210,7 +210,7 @@ def test_noise_agnostic_training_points_are_stable_with_predicted_spectrum(d: in
     units of s_min, with Gamma((d+1)/2) 2^((d-1)/2)) and the relative change of the spectrum."""
     s_min, s_max = 2e-3, 10.0
     data = _separated_data(5, d, seed=100 + d, min_dist=1.0)
-    model = NoiseAgnostic(data, s_min, s_max, conditioning="multiplicative")
+    model = NoiseAgnostic(data, sigma_min=s_min, sigma_max=s_max, conditioning="multiplicative")
     x0 = data + 0.2 * s_min * torch.randn(data.shape, generator=_gen(d), dtype=D64)
     tol = 1e-11
     fp = fixed_points(model.field, x0, tol=tol)
@@ -312,7 +312,7 @@ def test_trajectories_rk4_fourth_order_and_recording() -> None:
 
 def test_lyapunov_trace_non_decreasing_along_the_optimal_flow() -> None:
     data = 2.0 * torch.randn(20, 2, generator=_gen(7), dtype=D64)
-    model = NoiseAgnostic(data, 0.05, 5.0, conditioning="multiplicative")
+    model = NoiseAgnostic(data, sigma_min=0.05, sigma_max=5.0, conditioning="multiplicative")
     x0 = 3.0 * torch.randn(16, 2, generator=_gen(8), dtype=D64)
     traj = trajectories(model.field, x0, tau=4.0, n_steps=400, record=4)  # h * rate ~ 0.01 * 13
     trace = lyapunov_trace(model, traj)
@@ -375,3 +375,18 @@ def test_bad_input_raises_clear_errors() -> None:
         trajectories(lambda z: z**3, 10 * x, 10.0, n_steps=5)
     with pytest.raises(ValueError, match="tol"):
         FixedPoints.unique(fixed_points(lambda z: -z, x), 0.0)
+
+
+def test_trajectories_and_autonomous_share_one_integrator() -> None:
+    """One RK4 and one meaning of ``record`` (a stride): the sampler-facing and the dynamics-facing flow agree."""
+    from scoredyn.sample import autonomous
+
+    a = torch.tensor([[-0.5, 2.0], [-2.0, -0.5]], dtype=D64)
+    x0 = torch.tensor([[1.0, 0.0], [0.3, -2.0]], dtype=D64)
+    traj = trajectories(lambda x: x @ a.T, x0, 3.0, n_steps=30, record=7)
+    sol = autonomous(lambda x: x @ a.T, x0, 3.0, n_steps=30, method="rk4", record=7)
+    assert sol.states.shape == traj.shape == (6, 2, 2) and sol.nfe == 4 * 30
+    assert sol.taus.tolist() == pytest.approx([0.0, 0.7, 1.4, 2.1, 2.8, 3.0], abs=1e-15)
+    err = float((sol.states - traj).abs().max())  # h from a time grid vs tau / n_steps: rounding only
+    assert err < 1e-13, f"autonomous(rk4) vs trajectories differ by {err:.3g}"
+    assert sol.as_dict()["nfe"] == 120 and autonomous(lambda x: x @ a.T, x0, 3.0, n_steps=30, method="rk4").states is None

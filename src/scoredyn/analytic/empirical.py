@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import check_positive, on_host
+from .._checks import check_count, check_positive, on_host
 from .._dist import all_gather_topk
 from ._stream import TrainingSet, stream_logits, stream_topk
 from .base import AnalyticDenoiser
@@ -37,9 +37,7 @@ def check_chunk(chunk_size: Optional[int]) -> Optional[int]:
     """``None`` (automatic) or a positive int."""
     if chunk_size is None:
         return None
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int or None (automatic), got {chunk_size!r}")
-    return chunk_size
+    return check_count("chunk_size", chunk_size)
 
 
 def check_output(name: str, out: Tensor) -> Tensor:
@@ -100,9 +98,7 @@ class Empirical(AnalyticDenoiser):
             except (TypeError, ValueError) as e:
                 raise ValueError(f"temperature must be a positive float or a callable of sigma: {e}") from None
         self.chunk_size = check_chunk(chunk_size)
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"top_k must be a positive int or None (all points), got {top_k!r}")
-        self.top_k = top_k
+        self.top_k = check_count("top_k", top_k, none="all points")
 
     def temperatures(self, sigma: Tensor) -> Tensor:
         """``T(sigma)`` as a validated ``(B,)`` tensor."""

@@ -14,26 +14,13 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from .._checks import check_finite
+from .._checks import check_finite, check_state
 
 Field = Callable[[Tensor], Tensor]
 """A batched vector field ``(B, *shape) -> (B, *shape)``."""
 
 FlatField = Callable[[Tensor], Tensor]
 """The same field on flattened states ``(B, d) -> (B, d)``."""
-
-
-def check_state(name: str, x: Tensor) -> Tensor:
-    """A batch of states ``(B, *shape)``: floating point, at least 2-D, non-empty, finite."""
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of shape (B, *state_shape), got {type(x).__name__}")
-    if x.dim() < 2 or x.shape[0] < 1 or x[0].numel() == 0:
-        raise ValueError(
-            f"{name} has shape {tuple(x.shape)}; expected (B, *state_shape) with B >= 1 and a non-empty state"
-        )
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be floating point, got dtype {x.dtype}")
-    return check_finite(name, x)
 
 
 def flatten_field(field: Field, shape: tuple[int, ...]) -> FlatField:

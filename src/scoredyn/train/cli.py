@@ -28,6 +28,7 @@ from .sigma_dist import SIGMA_DISTS
 
 _AUTO = "auto"
 _DEFAULT_SAMPLER = {"multiplicative": "annealed_langevin", "unconditional": "unconditional_ode", "edm": "heun"}
+_DEFAULT_GRID = {"annealed_langevin": "geometric"}  # NCSN's levels for NCSN's sampler; Karras' grid otherwise
 
 
 def _int_list(text: str) -> list[int]:
@@ -137,6 +138,7 @@ def train_main(args: argparse.Namespace) -> int:
     """``scoredyn train``."""
     from ..data import load as load_data
     from ..sample import max_pairwise_distance
+    from .config import TrainConfig
     from .fit import fit
 
     edm = args.conditioning == "edm"
@@ -155,12 +157,13 @@ def train_main(args: argparse.Namespace) -> int:
     sigma_min = args.sigma_min if args.sigma_min is not None else (0.002 if edm else 0.01)
     sigma_max = args.sigma_max if args.sigma_max is not None else (80.0 if edm else max_pairwise_distance(data))
     out = Path(args.out) if args.out else Path("runs") / f"{args.data}-{args.conditioning}"
-    fit(spec, args.data, steps=args.steps, batch_size=args.batch_size, lr=args.lr, sigma_dist=sigma_dist,
-        sigma_min=sigma_min, sigma_max=sigma_max, levels=args.levels if sigma_dist == "geometric" else None,
-        weighting=None if args.weighting == _AUTO else args.weighting, warmup=args.warmup,
-        grad_clip=args.grad_clip, weight_decay=args.weight_decay, ema_decay=args.ema,
-        ema_warmup=not args.no_ema_warmup, seed=args.seed, out=out, ckpt_every=args.ckpt_every, keep=args.keep,
-        log_every=args.log_every, resume=not args.no_resume, device=_device(args.device), compile=args.compile, bf16=not args.no_bf16,
+    config = TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, sigma_dist=sigma_dist, sigma_min=sigma_min,
+        sigma_max=sigma_max, levels=args.levels if sigma_dist == "geometric" else None,
+        weighting=None if args.weighting == _AUTO else args.weighting, warmup=args.warmup, grad_clip=args.grad_clip,
+        weight_decay=args.weight_decay, ema_decay=args.ema, ema_warmup=not args.no_ema_warmup, seed=args.seed,
+        ckpt_every=args.ckpt_every, keep=args.keep, log_every=args.log_every, compile=args.compile, bf16=not args.no_bf16)
+    fit(spec, args.data, config, out=out, resume=not args.no_resume, device=_device(args.device),
         progress=not args.no_progress, data_root=args.data_root, data_n=args.n)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trained {args.steps} steps; checkpoint in {out} (sample with: scoredyn sample {out})")
@@ -170,8 +173,7 @@ def train_main(args: argparse.Namespace) -> int:
 def sample_main(args: argparse.Namespace) -> int:
     """``scoredyn sample``."""
     from ..plot import samples_picture
-    from ..sample import SAMPLERS, noise
-    from ..sample.grids import sigmas_for
+    from ..sample import FIELD_SAMPLERS, SAMPLERS, noise, sigma_grid
     from .checkpoint import load
     from .distributed import resolve_device
 
@@ -189,19 +191,21 @@ def sample_main(args: argparse.Namespace) -> int:
         cfg = model.checkpoint_config  # type: ignore[attr-defined]
         default = _DEFAULT_SAMPLER[model.conditioning]
     sampler = args.sampler if args.sampler != _AUTO else default
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(sorted(SAMPLERS))}")
+    registry = {**SAMPLERS, **FIELD_SAMPLERS}
+    if sampler not in registry:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(sorted(registry))}")
     if args.n < 1 or args.batch_size < 1 or args.steps < 1:
         raise ValueError(f"--n, --batch-size and --steps must be >= 1, got {args.n}, {args.batch_size}, {args.steps}")
     sd = cfg["train"]["sigma_dist"]
     sigma_min = args.sigma_min if args.sigma_min is not None else sd["sigma_min"]
     sigma_max = args.sigma_max if args.sigma_max is not None else sd["sigma_max"]
-    sigmas = sigmas_for(sampler, args.steps, sigma_min, sigma_max, kind=args.grid)
+    kind = args.grid if args.grid != _AUTO else _DEFAULT_GRID.get(sampler, "karras")
+    sigmas = sigma_grid(kind, args.steps, sigma_min=sigma_min, sigma_max=sigma_max)
     options = dict(args.opt)
     if sampler == "unconditional_ode" and "data" in options:
         raise ValueError("the data option of unconditional_ode cannot be given on the command line")
     shape = tuple(cfg["data_shape"])
-    fn = SAMPLERS[sampler]
+    fn = registry[sampler]
     out: list[torch.Tensor] = []
     for start in range(0, args.n, args.batch_size):
         seeds = list(range(args.seed + start, args.seed + min(args.n, start + args.batch_size)))
