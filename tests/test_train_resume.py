@@ -60,8 +60,9 @@ def _fit(out: Path, **kw: object) -> tuple[torch.nn.Module, torch.nn.Module]:
     torch.set_num_threads(1)  # the same reduction order as the subprocess
     try:
         model = _model()
-        resume = bool(kw.pop("resume", True))
-        ema = fit(model, _data(), TrainConfig(**{**ARGS, **kw}), out=out, resume=resume, progress=False)  # type: ignore[arg-type]
+        resume, overwrite = bool(kw.pop("resume", True)), bool(kw.pop("overwrite", False))
+        ema = fit(model, _data(), TrainConfig(**{**ARGS, **kw}), out=out, resume=resume, overwrite=overwrite,
+                  progress=False)  # type: ignore[arg-type]
     finally:
         torch.set_num_threads(threads)
     return model, ema
@@ -114,12 +115,17 @@ def test_resume_refuses_changed_arguments_and_can_restart(tmp_path: Path) -> Non
         torch.manual_seed(0)
         fit(precondition(MLP(2, hidden=16, depth=2), "multiplicative"), _data(), TrainConfig(**{**ARGS, "steps": 20}),
             out=tmp_path, progress=False)
-    # a finished run resumes as a no-op; resume=False starts over and gives the same result
+    # a finished run resumes as a no-op; resume=False refuses to start over without overwrite
     done_model, done_ema = _fit(tmp_path, steps=10, ckpt_every=5)
-    fresh_model, fresh_ema = _fit(tmp_path, steps=10, ckpt_every=5, resume=False)
+    with pytest.raises(ValueError, match="is not empty.*pass overwrite"):
+        _fit(tmp_path, steps=10, ckpt_every=5, resume=False)
+    with pytest.warns(UserWarning, match="moved the earlier run"):
+        fresh_model, fresh_ema = _fit(tmp_path, steps=10, ckpt_every=5, resume=False, overwrite=True)
     x = torch.randn(7, 2)
     assert torch.equal(done_ema(x, 0.5), fresh_ema(x, 0.5))
-    # starting over with fewer steps removes the abandoned run's later checkpoints
-    _fit(tmp_path, steps=5, ckpt_every=5, resume=False)
+    # starting over with fewer steps moves the abandoned run aside (nothing is deleted)
+    with pytest.warns(UserWarning, match="moved the earlier run"):
+        _fit(tmp_path, steps=5, ckpt_every=5, resume=False, overwrite=True)
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step-000000005"]
     assert (tmp_path / "latest").read_text().strip() == "ckpt/step-000000005"
+    assert sorted(p.name for p in (tmp_path / "previous-2" / "ckpt").iterdir()) == ["step-000000005", "step-000000010"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -26,6 +25,7 @@ from .._io import atomic_write_text
 from ..nets.precondition import Preconditioned, build
 from . import checkpoint as ckpt_io
 from . import distributed as ddp
+from .divergence import DivergenceMonitor
 from .ema import EMA
 from .config import TrainConfig
 from .loss import default_weighting, denoising_loss
@@ -111,6 +111,7 @@ def fit(
     *,
     out: Union[str, Path, None] = None,
     resume: bool = True,
+    overwrite: bool = False,
     device: Union[str, torch.device, None] = None,
     progress: bool = True,
     data_root: Optional[str] = None,
@@ -123,7 +124,10 @@ def fit(
     ``torch.manual_seed(config.seed)``). ``data``: a tensor ``(N, *shape)`` or a ``scoredyn.data`` name
     (with ``data_root``, ``data_n``). With ``out``: JSON-lines metrics in ``out/metrics.jsonl``, a
     checkpoint every ``config.ckpt_every`` steps and at the end, and with ``resume`` training continues
-    exactly from ``out``'s latest checkpoint (whose config must agree on :data:`scoredyn.train.config.RESUME_FIELDS`).
+    exactly from ``out``'s newest valid checkpoint (whose config must agree on :data:`scoredyn.train.config.RESUME_FIELDS`);
+    ``resume=False`` on a non-empty ``out`` needs ``overwrite`` (the old run is moved aside, see
+    ``scoredyn.train.checkpoint.prepare_run``). ``out`` is locked against a second writer. A loss
+    growing 1000x over its running median stops training (``scoredyn.train.divergence``).
     ``on_checkpoint(step, path)`` is called after each checkpoint. Under ``torchrun`` the global
     batch is split over the ranks (see ``scoredyn.train.distributed``). The global torch RNG is
     seeded with ``seed + rank`` (it drives dropout only) and saved in checkpoints.
@@ -140,10 +144,15 @@ def fit(
         )
     config = config.replace(weighting=config.weighting or default_weighting(model.conditioning))
     info = ddp.setup(device)
+    lock = None
     try:
+        lock = ckpt_io.lock_run(out) if out is not None and info.is_main else None
         return _fit(model, data, config, info, out=None if out is None else Path(out), resume=resume,
-                    progress=progress, data_root=data_root, data_n=data_n, on_checkpoint=on_checkpoint)
+                    overwrite=overwrite, progress=progress, data_root=data_root, data_n=data_n,
+                    on_checkpoint=on_checkpoint)
     finally:
+        if lock is not None:
+            lock.release()
         ddp.teardown(info)
 
 
@@ -193,10 +202,10 @@ class _Run:
 
     # ---------------------------------------------------------------------- resume
     def resume(self) -> int:
-        """Load ``out``'s latest checkpoint if its model and config agree; the step to continue from."""
-        if self.out is None or not ckpt_io.has_checkpoint(self.out):
+        """Load ``out``'s newest valid checkpoint if its model and config agree; the step to continue from."""
+        ck = None if self.out is None else ckpt_io.resume_point(self.out)
+        if ck is None:
             return 0
-        ck = ckpt_io.find_checkpoint(self.out)
         saved = ckpt_io.read_config(ck)
         if saved["model"] != self.model.spec():
             raise ValueError(f"cannot resume from {ck}: it holds model {saved['model']}, not {self.model.spec()}; "
@@ -258,10 +267,13 @@ class _Run:
 
 
 def _fit(model: Preconditioned, data: Union[Tensor, str], config: TrainConfig, info: ddp.DistInfo, *,
-         out: Optional[Path], resume: bool, progress: bool, data_root: Optional[str], data_n: Optional[int],
+         out: Optional[Path], resume: bool, overwrite: bool, progress: bool, data_root: Optional[str], data_n: Optional[int],
          on_checkpoint: Optional[Callable[[int, Path], None]]) -> Preconditioned:
     data_t, data_desc = _load_data(data, data_root, data_n, config.seed)
     run = _Run(model, data_t, data_desc, config, info, out)
+    if out is not None and info.is_main:
+        ckpt_io.prepare_run(out, resume=resume, overwrite=overwrite)
+    ddp.barrier(info)
     start = run.resume() if resume else 0
     log_path = out / "metrics.jsonl" if out is not None else None
     if log_path is not None and info.is_main:
@@ -271,18 +283,19 @@ def _fit(model: Preconditioned, data: Union[Tensor, str], config: TrainConfig, i
     # ---------------------------------------------------------------------- training loop
     steps, dev = config.steps, info.device
     loss_sum = torch.zeros((), device=dev)
+    monitor = DivergenceMonitor(config.lr, run.data, reduce=lambda t: ddp.all_reduce_sum(t, info))
     n_logged, t_log = 0, time.perf_counter()
     bar = tqdm(total=steps, initial=start, desc="train", disable=not progress or not info.is_main, dynamic_ncols=True)
     for step in range(start, steps):
         loss, grad_norm, lr_now, decay = run.step(step)
         loss_sum += loss.float()
+        monitor.record(loss)
         n_logged += 1
         done = step + 1
         bar.update(1)
         if done % config.log_every == 0 or done == steps:
+            monitor.check(done)
             mean_loss = float(ddp.all_reduce_sum(loss_sum, info)) / n_logged
-            if not math.isfinite(mean_loss):
-                raise RuntimeError(f"training diverged: loss {mean_loss} at step {done}; lower lr or raise warmup")
             now = time.perf_counter()
             rec = {"step": done, "loss": mean_loss, "lr": lr_now, "ema_decay": decay,
                    "grad_norm": None if grad_norm is None else float(grad_norm), "it_s": n_logged / (now - t_log)}
@@ -294,6 +307,7 @@ def _fit(model: Preconditioned, data: Union[Tensor, str], config: TrainConfig, i
             loss_sum.zero_()
             n_logged, t_log = 0, now
         if out is not None and (done % config.ckpt_every == 0 or done == steps):
+            monitor.check(done)
             run.checkpoint(done, on_checkpoint)
     bar.close()
     return run.ema.module.eval()
