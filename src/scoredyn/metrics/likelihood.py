@@ -51,13 +51,15 @@ def _jacobian_trace(out: Tensor, y: Tensor, probes: Optional[Tensor]) -> Tensor:
         tr = y.new_zeros(b)
         d = flat_out.shape[1]
         for i in range(d):
-            (g,) = torch.autograd.grad(flat_out[:, i].sum(), y, retain_graph=i < d - 1)
-            tr = tr + g.reshape(b, -1)[:, i]
+            (g,) = torch.autograd.grad(flat_out[:, i].sum(), y, retain_graph=i < d - 1, allow_unused=True)
+            if g is not None:  # None: the output does not depend on y
+                tr = tr + g.reshape(b, -1)[:, i]
         return tr
     tr = y.new_zeros(b)
     for k, v in enumerate(probes):
-        (g,) = torch.autograd.grad((out * v).sum(), y, retain_graph=k < len(probes) - 1)
-        tr = tr + (g * v).reshape(b, -1).sum(1)
+        (g,) = torch.autograd.grad((out * v).sum(), y, retain_graph=k < len(probes) - 1, allow_unused=True)
+        if g is not None:
+            tr = tr + (g * v).reshape(b, -1).sum(1)
     return tr / len(probes)
 
 
@@ -100,7 +102,7 @@ def log_likelihood(
         with torch.enable_grad():
             y = state[:, :d].reshape(x.shape).detach().requires_grad_(True)
             den = denoiser(y, sigma)
-            tr = _jacobian_trace(den, y, probes)
+            tr = _jacobian_trace(den, y, probes) if den.requires_grad else y.new_zeros(b)
         v = (y - den).detach().reshape(b, d)
         return torch.cat([v, (d - tr.detach())[:, None].to(v.dtype)], dim=1)
 
