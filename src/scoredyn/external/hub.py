@@ -22,7 +22,7 @@ class MissingDependency(ImportError, ValueError):
 def _diffusers() -> Any:
     try:
         import diffusers
-    except ImportError as e:  # pragma: no cover - depends on the environment
+    except ImportError as e:
         raise MissingDependency(f"diffusers is not installed ({e}); install it with: pip install 'scoredyn[diffusers]'") from None
     return diffusers
 
