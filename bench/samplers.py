@@ -18,6 +18,7 @@ NFE' being the NFE at which the same sampler without teleportation reaches the s
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import inspect
 import math
@@ -38,6 +39,7 @@ from scoredyn.analytic.gaussian import Gaussian
 from scoredyn.analytic.mixture import GaussianMixture
 from scoredyn.data import gmm2d_model
 from scoredyn.sample import (
+    FIELD_SAMPLERS,
     SAMPLERS,
     CountNFE,
     dpmpp_2m,
@@ -180,7 +182,9 @@ def load_kdiffusion(path: Optional[str]) -> Optional[ModuleType]:
     (pkg / "utils.py").write_text("def append_dims(x, target_dims):\n    return x[(...,) + (None,) * (target_dims - x.ndim)]\n")
     sys.modules.setdefault("torchsde", ModuleType("torchsde"))
     sys.path.insert(0, str(pkg.parent))
-    return importlib.import_module("kdiff_standalone.sampling")
+    module = importlib.import_module("kdiff_standalone.sampling")
+    module.SOURCE = f"{src.name}, sha256 {hashlib.sha256(src.read_bytes()).hexdigest()[:12]}"  # type: ignore[attr-defined]
+    return module
 
 
 NEW_SAMPLERS = (  # (row label, scoredyn name, k-diffusion function, options, evaluations per step)
@@ -199,51 +203,46 @@ NEW_SAMPLERS = (  # (row label, scoredyn name, k-diffusion function, options, ev
 algorithm without the clip)."""
 
 
-def overhead_kdiffusion(shape: tuple[int, ...], batch: int, steps: int, repeats: int, kd: Optional[ModuleType]) -> list[str]:
-    """Microseconds per step of the k-diffusion samplers, scoredyn vs k-diffusion, denoiser returns x."""
-    x = torch.randn(batch, *shape)
-    identity = lambda y, s: y  # noqa: E731
-    randn = lambda s, s_next: torch.randn_like(x)  # noqa: E731
-    grid = sigmas_karras(steps, sigma_min=0.01, sigma_max=10.0, dtype=torch.float32)
-    lines = []
-    for label, name, kd_name, opts, evals in NEW_SAMPLERS:
-        extra = dict(opts, noise_sampler=randn) if "noise_sampler" in inspect.signature(SAMPLERS[name]).parameters else dict(opts)
-        ours = timed(lambda: SAMPLERS[name](identity, x, grid, **extra), repeats).median / steps * 1e6
-        if kd is None:
-            lines.append(f"| {label} | {ours:.1f} | {ours / evals:.1f} | n/a | n/a |")
-            continue
-        ref = timed(lambda: getattr(kd, kd_name)(identity, x, grid, disable=True, **extra), repeats).median / steps * 1e6
-        lines.append(f"| {label} | {ours:.1f} | {ours / evals:.1f} | {ref:.1f} | {ours / ref:.2f} |")
-    return lines
-
-
-def overhead(shape: tuple[int, ...], batch: int, steps: int, repeats: int) -> list[str]:
-    """Microseconds per step with a denoiser that returns x (the sampler's own cost)."""
+def overhead(shape: tuple[int, ...], batch: int, steps: int, repeats: int, kd: Optional[ModuleType]) -> list[str]:
+    """Microseconds per step with a denoiser that returns x (the sampler's own cost), beside k-diffusion's
+    function for the same algorithm on the same grid, denoiser and noise where it has one."""
     x = torch.randn(batch, *shape)
     seeds = list(range(batch))
     identity = lambda y, s: y  # noqa: E731
+    randn = lambda s, s_next: torch.randn_like(x)  # noqa: E731
     grid = sigmas_karras(steps, sigma_min=0.01, sigma_max=10.0)
     levels = sigmas_geometric(steps, sigma_min=0.01, sigma_max=10.0)
-    cases: dict[str, Callable[[], torch.Tensor]] = {
-        "bare loop (x + c (x - D), no checks)": lambda: _bare(x, grid),
-        "euler": lambda: SAMPLERS["euler"](identity, x, grid),
-        "heun": lambda: SAMPLERS["heun"](identity, x, grid),
-        "heun, churn + seeds": lambda: SAMPLERS["heun"](identity, x, grid, s_churn=10.0, seeds=seeds),
-        "dpmpp_2m": lambda: SAMPLERS["dpmpp_2m"](identity, x, grid),
-        "unipc (bh2, order 2)": lambda: SAMPLERS["unipc"](identity, x, grid),
-        "unipc (bh2, order 3)": lambda: SAMPLERS["unipc"](identity, x, grid, order=3),
-        "euler_maruyama, seeds": lambda: SAMPLERS["euler_maruyama"](identity, x, grid, seeds=seeds),
-        "euler_maruyama, global RNG": lambda: SAMPLERS["euler_maruyama"](identity, x, grid),
-        "annealed_langevin (T = 1), seeds": lambda: SAMPLERS["annealed_langevin"](
-            identity, x, levels, n_steps_each=1, step_lr=1e-5, seeds=seeds, denoise=False
-        ),
-        "unconditional_ode": lambda: SAMPLERS["unconditional_ode"](lambda y: y, x, grid),
+    Case = tuple[Callable[[], torch.Tensor], Optional[Callable[[], torch.Tensor]], int]
+
+    def kd_fn(name: str, **opts: object) -> Optional[Callable[[], torch.Tensor]]:
+        return None if kd is None else lambda: getattr(kd, name)(identity, x, grid, disable=True, **opts)
+
+    cases: dict[str, Case] = {
+        "bare loop (x + c (x - D), no checks)": (lambda: _bare(x, grid), None, 1),
+        "euler": (lambda: SAMPLERS["euler"](identity, x, grid), kd_fn("sample_euler"), 1),
+        "heun": (lambda: SAMPLERS["heun"](identity, x, grid), kd_fn("sample_heun"), 2),
+        "heun, churn + seeds": (lambda: SAMPLERS["heun"](identity, x, grid, s_churn=10.0, seeds=seeds), None, 2),
+        "dpmpp_2m": (lambda: SAMPLERS["dpmpp_2m"](identity, x, grid), kd_fn("sample_dpmpp_2m"), 1),
+        "unipc (bh2, order 2)": (lambda: SAMPLERS["unipc"](identity, x, grid), None, 1),
+        "unipc (bh2, order 3)": (lambda: SAMPLERS["unipc"](identity, x, grid, order=3), None, 1),
+        "euler_maruyama, seeds": (lambda: SAMPLERS["euler_maruyama"](identity, x, grid, seeds=seeds), None, 1),
+        "euler_maruyama, global RNG": (lambda: SAMPLERS["euler_maruyama"](identity, x, grid), None, 1),
+        "annealed_langevin (T = 1), seeds": (lambda: SAMPLERS["annealed_langevin"](
+            identity, x, levels, n_steps_each=1, step_lr=1e-5, seeds=seeds, denoise=False), None, 1),
+        "unconditional_ode": (lambda: FIELD_SAMPLERS["unconditional_ode"](lambda y: y, x, grid), None, 1),
     }
-    per_eval = {"heun": 2, "heun, churn + seeds": 2}
+    for label, name, kd_name, opts, evals in NEW_SAMPLERS:
+        extra = dict(opts, noise_sampler=randn) if "noise_sampler" in inspect.signature(SAMPLERS[name]).parameters else dict(opts)
+        cases[label] = ((lambda name=name, extra=extra: SAMPLERS[name](identity, x, grid, **extra)), kd_fn(kd_name, **extra), evals)
+    cases[f"{NEW_SAMPLERS[0][0]}, seeds"] = (lambda: SAMPLERS["euler_ancestral"](identity, x, grid, seeds=seeds), None, 1)
     lines = []
-    for label, call in cases.items():
+    for label, (call, ref_call, evals) in cases.items():
         us = timed(call, repeats).median / steps * 1e6
-        lines.append(f"| {label} | {us:.1f} | {us / per_eval.get(label, 1):.1f} |")
+        if ref_call is None:
+            lines.append(f"| {label} | {us:.1f} | {us / evals:.1f} | | |")
+        else:
+            ref = timed(ref_call, repeats).median / steps * 1e6
+            lines.append(f"| {label} | {us:.1f} | {us / evals:.1f} | {ref:.1f} | {us / ref:.2f} |")
     return lines
 
 
@@ -291,16 +290,13 @@ def main() -> None:
                    f"{{{', '.join(meets) or 'none'}}}.")
     out += ["", "Per-step overhead of the sampler itself (denoiser returns x; 200 steps; median of "
             f"{args.repeats}; microseconds; the bare loop is the floor: one axpy per step, no checks; on a "
-            "shared machine compare rows of one table only):", ""]
-    for shape, batch in (((2,), 64), ((3, 32, 32), 64)):
-        out += [f"| batch {batch} x {shape} | us / step | us / evaluation |", "|---|---|---|"]
-        out += overhead(shape, batch, 200, args.repeats) + [""]
-    out += ["k-diffusion's samplers (sample/kdiffusion.py) beside k-diffusion's own functions (its sampling.py "
-            f"loaded standalone{'' if kd else ': not given, n/a'}) on the same float32 grid, denoiser and noise; "
-            "ratio = scoredyn / k-diffusion (goal <= 1.2):", ""]
+            "shared machine compare rows of one table only). k-diffusion: its own function for the same "
+            "algorithm on the same grid, denoiser and noise sampler (sampling.py loaded standalone: "
+            f"{kd.SOURCE if kd else 'not given'}); ratio = scoredyn / k-diffusion, goal <= 1.2; ddim is timed "
+            "against sample_euler_ancestral (the same algorithm without the clip):", ""]
     for shape, batch in (((2,), 64), ((3, 32, 32), 64)):
         out += [f"| batch {batch} x {shape} | us / step | us / evaluation | k-diffusion us / step | ratio |", "|---|---|---|---|---|"]
-        out += overhead_kdiffusion(shape, batch, 200, args.repeats, kd) + [""]
+        out += overhead(shape, batch, 200, args.repeats, kd) + [""]
     out.append(f"Total benchmark time {time.perf_counter() - t0:.0f} s.")
     text = "\n".join(out)
     publish(SECTION, text, __file__, args.write)

@@ -35,3 +35,11 @@ def save_tiny_model(path: Path, prediction: str = "epsilon", seed: int = 0, size
     tiny_unet(seed, size=size).save_pretrained(str(path / "unet"))
     ddpm_scheduler(prediction).save_pretrained(str(path / "scheduler"))
     return path
+
+
+def readme_model(tmp_path: Path, monkeypatch: Any) -> None:
+    """Set ``SCOREDYN_MODEL`` (a saved random tiny UNet) and ``SCOREDYN_TRAIN`` (20 random 1x8x8 images in
+    [-1, 1]) for the README's "Bring your own model" block; skips without diffusers."""
+    monkeypatch.setenv("SCOREDYN_MODEL", str(save_tiny_model(tmp_path / "ddpm")))
+    torch.save(torch.rand(20, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1, tmp_path / "train.pt")
+    monkeypatch.setenv("SCOREDYN_TRAIN", str(tmp_path / "train.pt"))

@@ -255,7 +255,20 @@ def test_load_diffusers_round_trip(tmp_path):
     x = torch.randn(2, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(den(x, 2.5), ref(x, 2.5)), "the loaded model differs from the saved one"
+    flat = tmp_path / "flat"  # a UNet's config.json and the scheduler's scheduler_config.json side by side
+    tiny_unet().save_pretrained(str(flat))
+    ddpm_scheduler("v_prediction").save_pretrained(str(flat))
+    with torch.no_grad():
+        assert torch.equal(load_diffusers(flat)(x, 2.5), ref(x, 2.5)), "the flat folder loads a different model"
     with pytest.raises(ValueError, match="not a diffusers model folder"):
         load_diffusers(tmp_path)
     with pytest.raises(FileNotFoundError):
         load_diffusers(tmp_path / "missing")
+
+
+def test_missing_diffusers_is_a_clear_error(tmp_path, monkeypatch):
+    need_diffusers()
+    path = save_tiny_model(tmp_path / "model")
+    monkeypatch.setitem(__import__("sys").modules, "diffusers", None)  # import diffusers now raises ImportError
+    with pytest.raises(ValueError, match=r"pip install 'scoredyn\[diffusers\]'"):
+        load_diffusers(path)

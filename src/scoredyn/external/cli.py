@@ -82,43 +82,54 @@ def _check_out(path: Path, overwrite: bool) -> None:
         raise ValueError(f"{path} exists; pass --overwrite to replace it")
 
 
+def _model_args(p: argparse.ArgumentParser, batch: int, out: str, what: str) -> None:
+    """The arguments ``invert`` and ``likelihood`` share."""
+    p.add_argument("model", help="a scoredyn run directory or diffusers:PATH (a local diffusers folder)")
+    p.add_argument("--input", required=True, help=".npy or .npz with points (N, *data_shape) (key 'samples' or 'x')")
+    p.add_argument("--sigma-min", type=float, default=None, help="default: the model's sigma_min")
+    p.add_argument("--sigma-max", type=float, default=None, help="default: the model's sigma_max")
+    p.add_argument("--batch-size", type=int, default=batch, help=f"points per {what}")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.add_argument("--out", default=out, help="where the result goes")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``invert`` and ``likelihood`` sub-commands."""
     from ..train.cli import _Help, _option
 
     p = subparsers.add_parser("invert", help="map data to noise with a deterministic sampler (inversion)", formatter_class=_Help,
-                              description="Integrate the probability-flow ODE from sigma_min up to sigma_max (scoredyn.sample.invert).")
-    p.add_argument("model", help="a scoredyn run directory or diffusers:PATH (a local diffusers folder)")
-    p.add_argument("--input", required=True, help=".npy or .npz with points (N, *data_shape) (key 'samples' or 'x')")
+                              description="Integrate the probability-flow ODE from sigma_min up to sigma_max (scoredyn.sample.invert); "
+                                          "writes the latents (key 'latents') and the grid.")
+    _model_args(p, 256, "latents.npz", "sampler call")
     p.add_argument("--sampler", default="euler", help="euler, heun, dpmpp_2m, unipc, ddim or ode_adaptive")
     p.add_argument("--steps", type=int, default=32, help="noise levels in the ascending grid")
     p.add_argument("--grid", default="karras", choices=["karras", "geometric"], help="grid spacing (reversed)")
-    p.add_argument("--sigma-min", type=float, default=None, help="default: the model's sigma_min")
-    p.add_argument("--sigma-max", type=float, default=None, help="default: the model's sigma_max")
-    p.add_argument("--batch-size", type=int, default=256, help="points per sampler call")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--opt", type=_option, action="append", default=[], metavar="KEY=VALUE", help="extra sampler option (repeatable)")
-    p.add_argument("--out", default="latents.npz", help="the latents (key 'latents') and the grid")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=invert_main)
 
     q = subparsers.add_parser("likelihood", help="log-likelihood of data under a model's probability-flow ODE", formatter_class=_Help,
-                              description="Per-sample log-likelihood and bits/dim (scoredyn.metrics.log_likelihood).")
-    q.add_argument("model", help="a scoredyn run directory or diffusers:PATH (a local diffusers folder)")
-    q.add_argument("--input", required=True, help=".npy or .npz with points (N, *data_shape) (key 'samples' or 'x')")
-    q.add_argument("--sigma-min", type=float, default=None, help="default: the model's sigma_min")
-    q.add_argument("--sigma-max", type=float, default=None, help="default: the model's sigma_max")
+                              description="Per-sample log-likelihood and bits/dim (scoredyn.metrics.log_likelihood), written as JSON.")
+    _model_args(q, 64, "likelihood.json", "ODE solve")
     q.add_argument("--trace", default="hutchinson", choices=["exact", "hutchinson"], help="divergence estimator")
     q.add_argument("--n-probes", type=int, default=1, help="Hutchinson probes per point")
     q.add_argument("--seed", type=int, default=0, help="point i's probes use seed + i")
     q.add_argument("--rtol", type=float, default=1e-5, help="ODE relative tolerance")
     q.add_argument("--atol", type=float, default=1e-5, help="ODE absolute tolerance")
     q.add_argument("--bin-width", type=float, default=None, help="dequantization bin width for bits/dim (2/255 for 8-bit data in [-1, 1])")
-    q.add_argument("--batch-size", type=int, default=64, help="points per ODE solve")
-    q.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    q.add_argument("--out", default="likelihood.json", help="per-sample nats and bits/dim (JSON)")
-    q.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     q.set_defaults(func=likelihood_main)
+
+
+def _prepare(args: argparse.Namespace) -> tuple[Path, torch.device, LoadedModel, torch.Tensor, float, float]:
+    """The output path (refused if it exists without --overwrite), device, model, input points and noise range."""
+    out = Path(args.out)
+    _check_out(out, args.overwrite)
+    dev = _device(args.device)
+    m = load_model(args.model, dev)
+    x = load_points(args.input, m.data_shape)
+    lo = args.sigma_min if args.sigma_min is not None else m.sigma_min
+    hi = args.sigma_max if args.sigma_max is not None else m.sigma_max
+    return out, dev, m, x, lo, hi
 
 
 def _device(name: str) -> torch.device:
@@ -137,13 +148,7 @@ def invert_main(args: argparse.Namespace) -> int:
     """``scoredyn invert``."""
     from ..sample import invert, sigmas_geometric, sigmas_karras
 
-    out = Path(args.out)
-    _check_out(out, args.overwrite)
-    dev = _device(args.device)
-    m = load_model(args.model, dev)
-    x = load_points(args.input, m.data_shape)
-    lo = args.sigma_min if args.sigma_min is not None else m.sigma_min
-    hi = args.sigma_max if args.sigma_max is not None else m.sigma_max
+    out, dev, m, x, lo, hi = _prepare(args)
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     grid = (sigmas_karras(args.steps, sigma_min=lo, sigma_max=hi)[:-1] if args.grid == "karras" else sigmas_geometric(max(args.steps, 2), sigma_min=lo, sigma_max=hi)).flip(0)
@@ -163,13 +168,7 @@ def likelihood_main(args: argparse.Namespace) -> int:
     """``scoredyn likelihood``."""
     from ..metrics import log_likelihood
 
-    out = Path(args.out)
-    _check_out(out, args.overwrite)
-    dev = _device(args.device)
-    m = load_model(args.model, dev)
-    x = load_points(args.input, m.data_shape)
-    lo = args.sigma_min if args.sigma_min is not None else m.sigma_min
-    hi = args.sigma_max if args.sigma_max is not None else m.sigma_max
+    out, dev, m, x, lo, hi = _prepare(args)
     nats, bpd, nfe = [], [], []
     for s, e in _batches(x.shape[0], args.batch_size):
         r = log_likelihood(m.denoiser, x[s:e].to(dev), sigma_min=lo, sigma_max=hi, trace=args.trace, n_probes=args.n_probes,

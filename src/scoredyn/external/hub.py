@@ -22,7 +22,7 @@ class MissingDependency(ImportError, ValueError):
 def _diffusers() -> Any:
     try:
         import diffusers
-    except ImportError as e:  # pragma: no cover - depends on the environment
+    except ImportError as e:
         raise MissingDependency(f"diffusers is not installed ({e}); install it with: pip install 'scoredyn[diffusers]'") from None
     return diffusers
 
@@ -82,7 +82,9 @@ def load_diffusers(
         )
     unet_cls = _class_of(unet_dir / "config.json", "model")
     sched_cls = _class_of(sched_file, "scheduler")
-    kwargs = {} if dtype is None else {"torch_dtype": dtype}
+    kwargs: dict[str, Any] = {"low_cpu_mem_usage": False}  # without accelerate installed diffusers warns otherwise
+    if dtype is not None:
+        kwargs["torch_dtype"] = dtype
     unet = unet_cls.from_pretrained(str(unet_dir), local_files_only=True, **kwargs)
     scheduler = sched_cls.from_config(sched_cls.load_config(str(sched_file.parent)))
     unet = (unet if device is None else unet.to(device)).eval()

@@ -11,31 +11,29 @@ In ``t = log sigma`` the field is ``dx/dt = x - D(x, e^t)`` and its divergence `
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import Tensor
 
-from .._checks import Denoiser, check_positive
-from ..sample.common import Seeds, check_seeds, check_state
+from .._checks import Denoiser, check_count, check_positive, check_range, check_state
+from .._integrate import odeint_dopri5, tolerances
+from .._result import Result
+from ..sample.common import Seeds, check_seeds
 from ..sample.noise import noise
-from ..sample.ode import _odeint
 
 TRACES = ("exact", "hutchinson")
 
 
 @dataclass(frozen=True)
-class LogLikelihood:
+class LogLikelihood(Result):
     """Per-sample log-likelihood ``nats`` ``(B,)`` (float64, higher is likelier), ``bits_per_dim`` ``(B,)``
     (the negative log-likelihood in bits per dimension) and the denoiser evaluations ``nfe`` of the solve."""
 
     nats: Tensor
     bits_per_dim: Tensor
     nfe: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _probes(x: Tensor, n_probes: int, seeds: Optional[tuple[int, ...]]) -> Tensor:
@@ -53,13 +51,15 @@ def _jacobian_trace(out: Tensor, y: Tensor, probes: Optional[Tensor]) -> Tensor:
         tr = y.new_zeros(b)
         d = flat_out.shape[1]
         for i in range(d):
-            (g,) = torch.autograd.grad(flat_out[:, i].sum(), y, retain_graph=i < d - 1)
-            tr = tr + g.reshape(b, -1)[:, i]
+            (g,) = torch.autograd.grad(flat_out[:, i].sum(), y, retain_graph=i < d - 1, allow_unused=True)
+            if g is not None:  # None: the output does not depend on y
+                tr = tr + g.reshape(b, -1)[:, i]
         return tr
     tr = y.new_zeros(b)
     for k, v in enumerate(probes):
-        (g,) = torch.autograd.grad((out * v).sum(), y, retain_graph=k < len(probes) - 1)
-        tr = tr + (g * v).reshape(b, -1).sum(1)
+        (g,) = torch.autograd.grad((out * v).sum(), y, retain_graph=k < len(probes) - 1, allow_unused=True)
+        if g is not None:
+            tr = tr + (g * v).reshape(b, -1).sum(1)
     return tr / len(probes)
 
 
@@ -82,15 +82,12 @@ def log_likelihood(
     ``bits_per_dim = -(nats + d log(bin_width)) / (d log 2)``, the usual upper bound on the discrete
     model's bits per dimension. ``nats`` is unchanged. The adaptive solver's error norm spans the batch.
     """
-    x = check_state(x)
-    lo, hi = check_positive("sigma_min", sigma_min), check_positive("sigma_max", sigma_max)
-    if not lo < hi:
-        raise ValueError(f"sigma_min ({lo:.6g}) must be below sigma_max ({hi:.6g})")
+    x = check_state("x", x)
+    lo, hi = check_range(sigma_min, sigma_max)
     if trace not in TRACES:
         raise ValueError(f"trace must be one of {TRACES}, got {trace!r}")
-    if isinstance(n_probes, bool) or int(n_probes) != n_probes or int(n_probes) < 1:
-        raise ValueError(f"n_probes must be a positive integer, got {n_probes!r}")
-    rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
+    n_probes = check_count("n_probes", n_probes)
+    rtol, atol = tolerances(rtol, atol)
     if bin_width is not None:
         bin_width = check_positive("bin_width", bin_width)
     seed_tuple = check_seeds(seeds, x.shape[0])
@@ -105,13 +102,13 @@ def log_likelihood(
         with torch.enable_grad():
             y = state[:, :d].reshape(x.shape).detach().requires_grad_(True)
             den = denoiser(y, sigma)
-            tr = _jacobian_trace(den, y, probes)
+            tr = _jacobian_trace(den, y, probes) if den.requires_grad else y.new_zeros(b)
         v = (y - den).detach().reshape(b, d)
         return torch.cat([v, (d - tr.detach())[:, None].to(v.dtype)], dim=1)
 
     state = torch.cat([x.reshape(b, d), x.new_zeros(b, 1)], dim=1)
     t = torch.tensor([math.log(lo), math.log(hi)], dtype=torch.float64, device=x.device)
-    end = _odeint(field, state, t, rtol, atol)[-1].to(torch.float64)
+    end = odeint_dopri5(field, state, t, rtol, atol)[-1].to(torch.float64)
     if not bool(torch.isfinite(end).all()):
         raise ValueError(f"log_likelihood: non-finite values integrating from sigma {lo:.6g} to {hi:.6g}; the denoiser returned NaN/Inf")
     latent, delta = end[:, :d], end[:, d]

@@ -37,7 +37,7 @@ def ode_ascending(denoiser: Denoiser, x: Tensor, sigma_from: float, sigma_to: fl
     import torch
 
     from .common import SamplerDivergence
-    from .ode import _odeint
+    from .._integrate import odeint_dopri5
 
     batch = x.shape[0]
 
@@ -49,4 +49,4 @@ def ode_ascending(denoiser: Denoiser, x: Tensor, sigma_from: float, sigma_to: fl
         return v
 
     t = torch.tensor([sigma_from, sigma_to], dtype=torch.float64, device=x.device)
-    return _odeint(velocity, x, t, rtol, atol)[-1]
+    return odeint_dopri5(velocity, x, t, rtol, atol)[-1]

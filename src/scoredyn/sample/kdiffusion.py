@@ -21,6 +21,7 @@ from torch import Tensor
 
 from .._checks import Denoiser, check_positive
 from .common import Callback, GridLike, Run, Seeds
+from .solvers import Churn
 
 NoiseSampler = Callable[[float, float], Tensor]
 
@@ -55,27 +56,35 @@ def _eta(eta: float, s_noise: float) -> tuple[float, float]:
     return check_positive("eta", eta, allow_zero=True), check_positive("s_noise", s_noise, allow_zero=True)
 
 
-def _ddim_loop(
-    run: Run, x: Tensor, eta: float, s_noise: float, clip: Optional[float], noise_sampler: Optional[NoiseSampler]
-) -> Tensor:
-    """The DDIM / Euler-ancestral step ``x' = x0 + sigma_down eps + sigma_up z`` with
-    ``eps = (x - D) / sigma`` and ``x0 = D``, clipped to ``[-clip, clip]`` when ``clip`` is set."""
+Step = Callable[[Run, Tensor, Tensor, float, float], Tensor]
+
+
+def _ancestral(run: Run, x: Tensor, eta: float, s_noise: float, noise_sampler: Optional[NoiseSampler], step: Step) -> Tensor:
+    """The ancestral loop (k-diffusion's ``*_ancestral``): ``step(run, x, D, sigma, sigma_down)`` deterministically
+    down to ``sigma_down``, then noise of std ``sigma_up`` (:func:`ancestral_step`) unless ``sigma_next`` is 0."""
     sig = run.sigmas
     draw = _noise_sampler(run, x, noise_sampler)
     for i in run.steps():
         s, s_next = sig[i], sig[i + 1]
         d = run.denoise(x, s)
         run.emit(i, x, d)
-        x0 = d if clip is None else d.clamp(-clip, clip)
-        if s_next == 0:
-            x = x0
-        else:
-            down, up = ancestral_step(s, s_next, eta)
-            x = torch.add(x0, x - d, alpha=down / s)
-            if up > 0:
-                x = torch.add(x, draw(s, s_next), alpha=s_noise * up)
+        down, up = ancestral_step(s, s_next, eta)
+        x = step(run, x, d, s, down)
+        if s_next > 0 and up > 0:
+            x = torch.add(x, draw(s, s_next), alpha=s_noise * up)
         run.guard(i, x, s, s_next)
     return run.finish(x)
+
+
+def _euler_step(clip: Optional[float]) -> Step:
+    """DDIM's deterministic part ``x0 + sigma_down eps`` with ``eps = (x - D) / sigma`` and ``x0 = D``,
+    clipped to ``[-clip, clip]`` when ``clip`` is set (the raw noise estimate is kept)."""
+
+    def step(run: Run, x: Tensor, d: Tensor, s: float, down: float) -> Tensor:
+        x0 = d if clip is None else d.clamp(-clip, clip)
+        return x0 if down == 0 else torch.add(x0, x - d, alpha=down / s)
+
+    return step
 
 
 def ddim(
@@ -93,7 +102,7 @@ def ddim(
     if clip is not None:
         clip = check_positive("clip", clip)
     run = Run("ddim", denoiser, x, sigmas, seeds, callback, progress, invertible=eta == 0)
-    return _ddim_loop(run, x, eta, s_noise, clip, noise_sampler)
+    return _ancestral(run, x, eta, s_noise, noise_sampler, _euler_step(clip))
 
 
 def euler_ancestral(
@@ -104,7 +113,7 @@ def euler_ancestral(
     """Ancestral sampling with Euler steps (k-diffusion ``sample_euler_ancestral``; DDIM with eta = 1)."""
     eta, s_noise = _eta(eta, s_noise)
     run = Run("euler_ancestral", denoiser, x, sigmas, seeds, callback, progress)
-    return _ddim_loop(run, x, eta, s_noise, None, noise_sampler)
+    return _ancestral(run, x, eta, s_noise, noise_sampler, _euler_step(None))
 
 
 def _dpm2_step(run: Run, x: Tensor, d: Tensor, s: float, s_to: float) -> Tensor:
@@ -123,18 +132,11 @@ def dpm_2(
 ) -> Tensor:
     """DPM-Solver-2 steps with Karras et al. 2022 Algorithm 2's churn (k-diffusion ``sample_dpm_2``)."""
     run = Run("dpm_2", denoiser, x, sigmas, seeds, callback, progress)
-    sig, n = run.sigmas, run.n_steps
-    s_churn = check_positive("s_churn", s_churn, allow_zero=True)
-    s_noise = check_positive("s_noise", s_noise, allow_zero=True)
-    s_tmin = check_positive("s_tmin", s_tmin, allow_zero=True)
-    if math.isnan(float(s_tmax)) or float(s_tmax) < s_tmin:
-        raise ValueError(f"s_tmax must be >= s_tmin = {s_tmin} (inf allowed), got {s_tmax}")
+    sig = run.sigmas
+    churn = Churn(s_churn, s_tmin, s_tmax, s_noise)
     for i in run.steps():
-        s, s_next = sig[i], sig[i + 1]
-        gamma = min(s_churn / n, math.sqrt(2.0) - 1.0) if s_tmin <= s <= s_tmax else 0.0
-        s_hat = s * (1.0 + gamma)
-        if gamma > 0:
-            x = x + run.noise(x, i) * (s_noise * math.sqrt(s_hat**2 - s**2))
+        s_next = sig[i + 1]
+        x, s_hat = churn(run, x, i)
         d = run.denoise(x, s_hat)
         run.emit(i, x, d, sigma_hat=s_hat)
         x = d if s_next == 0 else _dpm2_step(run, x, d, s_hat, s_next)
@@ -150,18 +152,7 @@ def dpm_2_ancestral(
     """Ancestral sampling with DPM-Solver-2 steps (k-diffusion ``sample_dpm_2_ancestral``)."""
     eta, s_noise = _eta(eta, s_noise)
     run = Run("dpm_2_ancestral", denoiser, x, sigmas, seeds, callback, progress)
-    sig = run.sigmas
-    draw = _noise_sampler(run, x, noise_sampler)
-    for i in run.steps():
-        s, s_next = sig[i], sig[i + 1]
-        d = run.denoise(x, s)
-        run.emit(i, x, d)
-        down, up = ancestral_step(s, s_next, eta)
-        x = d if down == 0 else _dpm2_step(run, x, d, s, down)
-        if s_next > 0 and up > 0:
-            x = torch.add(x, draw(s, s_next), alpha=s_noise * up)
-        run.guard(i, x, s, s_next)
-    return run.finish(x)
+    return _ancestral(run, x, eta, s_noise, noise_sampler, lambda run, x, d, s, down: d if down == 0 else _dpm2_step(run, x, d, s, down))
 
 
 def lms_coefficients(sigmas: list[float], i: int, order: int) -> list[float]:
@@ -221,24 +212,17 @@ def dpmpp_2s_ancestral(
     """Ancestral sampling with DPM-Solver++(2S) steps, Lu et al. 2022 (arXiv:2211.01095) Alg. 1 (k-diffusion ``sample_dpmpp_2s_ancestral``)."""
     eta, s_noise = _eta(eta, s_noise)
     run = Run("dpmpp_2s_ancestral", denoiser, x, sigmas, seeds, callback, progress)
-    sig = run.sigmas
-    draw = _noise_sampler(run, x, noise_sampler)
-    for i in run.steps():
-        s, s_next = sig[i], sig[i + 1]
-        d = run.denoise(x, s)
-        run.emit(i, x, d)
-        down, up = ancestral_step(s, s_next, eta)
-        if down == 0:
-            x = d
-        else:
-            s_mid = math.sqrt(s * down)  # t = -log sigma, midpoint r = 1/2
-            x_2 = torch.add(x * (s_mid / s), d, alpha=-math.expm1(-math.log(s / s_mid)))
-            d_2 = run.denoise(x_2, s_mid)
-            x = torch.add(x * (down / s), d_2, alpha=-math.expm1(-math.log(s / down)))
-        if s_next > 0 and up > 0:
-            x = torch.add(x, draw(s, s_next), alpha=s_noise * up)
-        run.guard(i, x, s, s_next)
-    return run.finish(x)
+    return _ancestral(run, x, eta, s_noise, noise_sampler, _dpmpp_2s_step)
+
+
+def _dpmpp_2s_step(run: Run, x: Tensor, d: Tensor, s: float, down: float) -> Tensor:
+    """DPM-Solver++(2S) from ``s`` to ``down`` (``t = -log sigma``, midpoint ``r = 1/2``); ``D`` when ``down`` is 0."""
+    if down == 0:
+        return d
+    s_mid = math.sqrt(s * down)
+    x_2 = torch.add(x * (s_mid / s), d, alpha=-math.expm1(-math.log(s / s_mid)))
+    d_2 = run.denoise(x_2, s_mid)
+    return torch.add(x * (down / s), d_2, alpha=-math.expm1(-math.log(s / down)))
 
 
 class _BrownianPair:
