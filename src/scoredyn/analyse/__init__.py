@@ -105,9 +105,16 @@ def run(
     sections.append(sec)
     head.update(h)
     if likelihood.available():
-        sec, h = likelihood.section(a, likelihood.compute(a))
-        sections.append(sec)
-        head.update(h)
+        try:
+            lk = likelihood.compute(a)
+        except (ValueError, RuntimeError, NotImplementedError) as e:  # e.g. a model without reverse-mode autograd
+            log(f"[analyse] likelihood skipped: {e}")
+            sections.append(skipped("6. Likelihood", f"the probability-flow likelihood could not be computed for this "
+                                    f"model ({type(e).__name__}: {e})"))
+        else:
+            sec, h = likelihood.section(a, lk)
+            sections.append(sec)
+            head.update(h)
     else:
         sections.append(skipped("6. Likelihood", "this build has no probability-flow likelihood "
                                 "(scoredyn.metrics.log_likelihood)"))
