@@ -19,13 +19,24 @@ The training set is held as an *augmented table* ``(N, d + 2)`` with rows ``[x_i
 (the logits of the empirical softmax with the shift folded in), or the squared distances
 ``|x - x_i|^2``, and the second product gives ``[wsum, sums[:, 0]]`` at once.
 
-Exponentials are taken of arguments clamped to ``log(finfo.tiny)`` (about -87.3 in float32): CPU
-``exp`` runs a slow path (about 20-40x slower here) for results that underflow to subnormals or 0;
-such weights are below ``1e-38`` relative to the largest and do not change any sum.
+Negligible weights (DESIGN.md §8). Exponent arguments are clamped at :func:`log_floor` (-66.5 in
+float32, -144 in float64): a weight below ``exp(floor)`` relative to the largest cannot change a sum
+of at most ``1 / (eps exp(floor))`` terms (about 10^21 in float32). The floor keeps clear of two slow
+paths of the CPU (profiled, issue 16): ``exp`` of an argument whose result is subnormal (float32
+``log(finfo.tiny)`` itself rounds to such an argument: 35x slower than a normal ``exp``), and a
+matrix product whose terms ``w_i x_i`` are subnormal (1.5x slower). The old clamp at ``log(tiny)``
+hit both in the memorization regime and ran at 0.55 of the matmul rate.
+
+On the CPU :func:`stream_logits` is also *block sparse*: a query's weights over a chunk are all
+below the floor when the chunk's maximum logit is ``floor`` below the query's final maximum; the
+second product is then skipped for that (query, chunk) pair (see :func:`stream_logits`), and
+:func:`skip_report` bounds the mass skipped.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import mmap
 from typing import Callable, Iterable, Iterator, NamedTuple, Optional
@@ -49,9 +60,15 @@ PairFn = Callable[[Tensor], tuple[Tensor, Optional[Tensor]]]
 """Maps squared distances ``q`` (B, c) to logits ``l`` (B, c) and an optional factor ``rho`` (B, c)."""
 
 
-def log_tiny(dtype: torch.dtype) -> float:
-    """``log`` of the smallest normal number of ``dtype``: the clamp for exponent arguments."""
-    return math.log(torch.finfo(dtype).tiny)
+def log_floor(dtype: torch.dtype) -> float:
+    """The clamp for exponent arguments: ``max(4 log eps, 0.75 log tiny)`` (float32 -65.5, float64 -144).
+
+    A weight ``exp(floor)`` relative to the largest is below ``eps^4`` (so up to ``eps^-3`` such
+    terms change no sum), and it times any ``|x_i| > tiny^(1/4)`` is still a normal number
+    (module docstring: the CPU's subnormal slow paths).
+    """
+    fi = torch.finfo(dtype)
+    return max(4.0 * math.log(fi.eps), 0.75 * math.log(fi.tiny))
 
 
 def augment(points: Tensor) -> Tensor:
@@ -67,40 +84,182 @@ def chunks(table: Tensor, chunk: int) -> Iterable[Tensor]:
         yield table[start : start + chunk]
 
 
+def rescale_factor(old: Tensor, new: Tensor) -> Tensor:
+    """``exp(old - new)`` (``new >= old``), exactly 0 where it is below the floor or ``old`` is -inf."""
+    arg = old - new
+    return torch.where(arg < log_floor(arg.dtype), torch.zeros_like(arg), arg.exp())
+
+
 def _accumulate(acc: Tensor, shift: Tensor, new: Tensor) -> None:
     """Rescale an accumulator from ``shift`` to the larger ``new`` shift, in place."""
-    scale = (shift - new).clamp_min_(log_tiny(acc.dtype)).exp_()
-    scale = torch.where(torch.isneginf(shift), torch.zeros_like(scale), scale)
-    acc.mul_(scale[:, None])
+    acc.mul_(rescale_factor(shift, new)[:, None])
 
 
-def stream_logits(x: Tensor, scale: Tensor, blocks: Iterable[Tensor]) -> Partial:
+class SkipReport:
+    """What the block-sparse kernel skipped, over the calls made inside :func:`skip_report`.
+
+    ``pairs``: (query, chunk) pairs seen; ``skipped``: pairs whose second product was skipped;
+    ``mass``: the largest, over queries and calls, upper bound on the skipped weight relative to the
+    query's total weight (each skipped chunk of ``c`` points adds at most ``c exp(top - shift)``, its
+    top logit against the query's final maximum); the output's error from skipping is at most
+    ``mass * (max_i |x_i| + |D|)``.
+    """
+
+    def __init__(self) -> None:
+        self.pairs = 0
+        self.skipped = 0
+        self.mass = 0.0
+
+    def __repr__(self) -> str:
+        return f"SkipReport(pairs={self.pairs}, skipped={self.skipped}, mass<={self.mass:.3g})"
+
+
+_REPORT: contextvars.ContextVar[Optional[SkipReport]] = contextvars.ContextVar("scoredyn_skip_report", default=None)
+
+
+@contextlib.contextmanager
+def skip_report() -> Iterator[SkipReport]:
+    """Debug mode: collect a :class:`SkipReport` of the block-sparse kernel's calls in this block (costs a little)."""
+    rep = SkipReport()
+    token = _REPORT.set(rep)
+    try:
+        yield rep
+    finally:
+        _REPORT.reset(token)
+
+
+PENDING_CHUNKS = 6
+"""Deferred second products are flushed when they hold this many ``B x chunk`` weight matrices."""
+
+
+def stream_logits(x: Tensor, scale: Tensor, blocks: Iterable[Tensor], sparse: Optional[bool] = None) -> Partial:
     """Empirical softmax ``l_i = -scale * |x - x_i|^2 / 2`` (up to a per-query constant), streamed.
 
     ``x`` (B, d) queries, ``scale`` (B,) positive (``1 / (sigma^2 T)``), ``blocks`` augmented row
     blocks ``(c, d + 2)``. The logits and the running shift come out of the first matrix product.
+
+    ``sparse`` (default: on the CPU) skips provably negligible second products. A query's weights
+    over a chunk are all below ``exp(floor)`` (:func:`log_floor`) relative to its largest weight when
+    the chunk's top logit is ``floor`` below the query's maximum. The second product of each
+    (query, chunk) pair that is not negligible against the running maximum is deferred with its
+    weights; when the deferred weights are flushed (at the end, or when they hold
+    :data:`PENDING_CHUNKS` chunks' worth), pairs that have become negligible against the maximum
+    seen by then are dropped and the rest are multiplied out; a later chunk where every query is live
+    is multiplied at once (the dense regime). In the memorization regime (sigma below the nearest-neighbour spacing)
+    a query keeps about one chunk, so the kernel costs little more than the first product.
+    Skipped mass: :func:`skip_report`. The per-chunk decisions read the live count on the host,
+    a device sync per chunk: accelerators take the dense path (bound by its two products there).
     """
     b, d = x.shape
-    lt = log_tiny(x.dtype)
     qa = torch.empty(b, d + 2, dtype=x.dtype, device=x.device)
     qa[:, :d] = x * scale[:, None]
     qa[:, d] = 0.0  # minus the shift folded into the product
     qa[:, d + 1] = scale
+    if sparse is None:
+        sparse = x.device.type == "cpu"
+    if sparse:
+        return _SparseStream(qa, d).run(blocks)
+    fl = log_floor(x.dtype)
     shift = torch.full((b,), -math.inf, dtype=x.dtype, device=x.device)
     acc = torch.zeros(b, d + 1, dtype=x.dtype, device=x.device)  # [wsum, sum]
+    first = True
     for blk in blocks:
         g = qa @ blk.T  # logits minus the current shift (0 before the first block)
-        first = torch.isneginf(shift)
         delta = g.amax(1)
-        delta = torch.where(first, delta, delta.clamp_min(0.0))
+        if not first:
+            delta.clamp_min_(0.0)
         # subtracting the row maximum itself makes the largest weight exactly 1 even when the
         # logits are so large that shift + delta rounds
-        g.sub_(delta[:, None]).clamp_min_(lt).exp_()
-        scale = torch.where(first, torch.zeros_like(delta), (-delta).clamp_min(lt).exp())
-        acc.mul_(scale[:, None]).addmm_(g, blk[:, : d + 1])
-        shift = torch.where(first, delta, shift + delta)
+        g.sub_(delta[:, None]).clamp_min_(fl).exp_()
+        if not first:
+            acc.mul_(rescale_factor(-delta, torch.zeros_like(delta))[:, None])
+        acc.addmm_(g, blk[:, : d + 1])
+        shift = delta if first else shift + delta
+        first = False
         qa[:, d] = -shift
     return Partial(shift, acc[:, d:], acc[:, :d])
+
+
+class _SparseStream:
+    """The block-sparse pass of :func:`stream_logits` (CPU): deferred, prunable second products."""
+
+    def __init__(self, qa: Tensor, d: int) -> None:
+        b = qa.shape[0]
+        self.qa, self.d, self.fl = qa, d, log_floor(qa.dtype)
+        self.acc = torch.zeros(b, d + 1, dtype=qa.dtype, device=qa.device)  # [wsum, sum] relative to acc_shift
+        self.acc_shift = torch.full((b,), -math.inf, dtype=qa.dtype, device=qa.device)
+        self.pending: list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]] = []  # blk, rows, w, shift then, top
+        self.size = 0
+        self.report = _REPORT.get()
+        self.lse = torch.full((b,), -math.inf, dtype=torch.float64, device=qa.device) if self.report is not None else None
+
+    def _skip(self, top: Tensor, count: int, rows: Optional[Tensor] = None) -> None:
+        """Record skipped pairs: chunk of ``count`` points, top logits ``top`` (for ``rows``, or all)."""
+        if self.report is None or top.numel() == 0:
+            return
+        self.report.skipped += top.numel()
+        term = top.double() + math.log(count)
+        idx = torch.arange(self.lse.numel(), device=top.device) if rows is None else rows
+        self.lse.index_copy_(0, idx, torch.logaddexp(self.lse.index_select(0, idx), term))  # type: ignore[union-attr]
+
+    def _flush(self, shift: Tensor) -> None:
+        """Multiply out the deferred weights that are not negligible against ``shift``; rescale to it."""
+        _accumulate(self.acc, self.acc_shift, shift)
+        self.acc_shift = shift.clone()
+        d1 = self.d + 1
+        for blk, rows, w, then, top in self.pending:
+            keep = top - shift.index_select(0, rows) >= self.fl
+            if not bool(keep.all()):
+                self._skip(top[~keep], blk.shape[0], rows[~keep])
+                rows, w, then = rows[keep], w[keep], then[keep]
+                if rows.numel() == 0:
+                    continue
+            # product first, rescale after: the weights stay >= exp(floor) (no subnormal terms)
+            part = (w @ blk[:, :d1]).mul_(rescale_factor(then, shift.index_select(0, rows))[:, None])
+            self.acc.index_add_(0, rows, part)
+        self.pending, self.size = [], 0
+
+    def run(self, blocks: Iterable[Tensor]) -> Partial:
+        qa, d, fl = self.qa, self.d, self.fl
+        b = qa.shape[0]
+        shift: Optional[Tensor] = None
+        for blk in blocks:
+            g = qa @ blk.T  # logits minus the current shift (0 before the first block)
+            top = g.amax(1)  # the chunk's top logit, relative
+            delta = top if shift is None else top.clamp_min(0.0)
+            new = delta if shift is None else shift + delta
+            live = (top - delta) >= fl
+            if self.report is not None:
+                self.report.pairs += b
+            n_live = int(live.sum())  # host sync: the CPU path only
+            if n_live == b and shift is not None:  # every query live past the first chunk: dense
+                g.sub_(delta[:, None]).clamp_min_(fl).exp_()
+                _accumulate(self.acc, self.acc_shift, new)
+                self.acc_shift = new
+                self.acc.addmm_(g, blk[:, : d + 1])
+                n_live = 0
+            elif n_live == b:  # the first chunk: defer its weights (no copy); most die in the sparse regime
+                rows = torch.arange(b, device=qa.device)
+                w = g.sub_(delta[:, None]).clamp_min_(fl).exp_()
+            else:
+                rows = live.nonzero()[:, 0]
+                dead = (~live).nonzero()[:, 0]
+                self._skip((top + (new - delta)).index_select(0, dead), blk.shape[0], dead)
+                w = g.index_select(0, rows).sub_(delta.index_select(0, rows)[:, None]).clamp_min_(fl).exp_()
+            if n_live:
+                self.pending.append((blk, rows, w, new.index_select(0, rows), (top + new - delta).index_select(0, rows)))
+                self.size += w.numel()
+            shift = new
+            qa[:, d] = -shift
+            if self.size >= PENDING_CHUNKS * b * blk.shape[0]:
+                self._flush(shift)
+        if shift is None:
+            raise ValueError("no training points to stream over; expected at least one")
+        self._flush(shift)
+        if self.report is not None:
+            bound = (self.lse - shift.double()).exp() / self.acc[:, d].double()  # type: ignore[operator]
+            self.report.mass = max(self.report.mass, float(bound.max()))
+        return Partial(shift, self.acc[:, d:], self.acc[:, :d])
 
 
 def stream_pairs(x: Tensor, blocks: Iterable[Tensor], pair_fn: PairFn) -> Partial:
@@ -110,7 +269,7 @@ def stream_pairs(x: Tensor, blocks: Iterable[Tensor], pair_fn: PairFn) -> Partia
     second column ``sum exp(l - shift) rho`` when ``pair_fn`` returns a factor.
     """
     b, d = x.shape
-    lt = log_tiny(x.dtype)
+    lt = log_floor(x.dtype)
     qa = torch.empty(b, d + 2, dtype=x.dtype, device=x.device)
     qa[:, :d] = -2.0 * x
     qa[:, d] = torch.linalg.vector_norm(x, dim=1, dtype=torch.float64).square_().to(x.dtype)
