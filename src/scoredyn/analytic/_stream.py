@@ -19,9 +19,9 @@ The training set is held as an *augmented table* ``(N, d + 2)`` with rows ``[x_i
 (the logits of the empirical softmax with the shift folded in), or the squared distances
 ``|x - x_i|^2``, and the second product gives ``[wsum, sums[:, 0]]`` at once.
 
-Negligible weights (DESIGN.md §8). Exponent arguments are clamped at :func:`log_floor` (-66.5 in
+Negligible weights (DESIGN.md §8). Exponent arguments are clamped at :func:`log_floor` (-63.8 in
 float32, -144 in float64): a weight below ``exp(floor)`` relative to the largest cannot change a sum
-of at most ``1 / (eps exp(floor))`` terms (about 10^21 in float32). The floor keeps clear of two slow
+of fewer than ``eps^-3`` terms (6e20 in float32). The floor keeps clear of two slow
 paths of the CPU (profiled, issue 16): ``exp`` of an argument whose result is subnormal (float32
 ``log(finfo.tiny)`` itself rounds to such an argument: 35x slower than a normal ``exp``), and a
 matrix product whose terms ``w_i x_i`` are subnormal (1.5x slower). The old clamp at ``log(tiny)``
@@ -61,7 +61,7 @@ PairFn = Callable[[Tensor], tuple[Tensor, Optional[Tensor]]]
 
 
 def log_floor(dtype: torch.dtype) -> float:
-    """The clamp for exponent arguments: ``max(4 log eps, 0.75 log tiny)`` (float32 -65.5, float64 -144).
+    """The clamp for exponent arguments: ``max(4 log eps, 0.75 log tiny)`` (float32 -63.8, float64 -144).
 
     A weight ``exp(floor)`` relative to the largest is below ``eps^4`` (so up to ``eps^-3`` such
     terms change no sum), and it times any ``|x_i| > tiny^(1/4)`` is still a normal number
@@ -177,6 +177,8 @@ def stream_logits(x: Tensor, scale: Tensor, blocks: Iterable[Tensor], sparse: Op
         shift = delta if first else shift + delta
         first = False
         qa[:, d] = -shift
+    if first:
+        raise ValueError("no training points to stream over; expected at least one")
     return Partial(shift, acc[:, d:], acc[:, :d])
 
 
