@@ -145,3 +145,28 @@ def test_one_point_and_no_points() -> None:
         assert torch.equal(denoise(data, x, 0.01, chunk=8, sparse=sparse), data.expand(2, 2))
         with pytest.raises(ValueError, match="no training points"):
             stream_logits(x, torch.ones(2), iter(()), sparse=sparse)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_padded_table_all_kernels(device: str) -> None:
+    """d = 100: the table is padded to 112 columns; logits, top-k and pair kernels against float64 brute force."""
+    from scoredyn.analytic._stream import stream_pairs, table_width
+
+    g = torch.Generator().manual_seed(5)
+    data = torch.randn(300, 100, generator=g, dtype=torch.float64).to(device)
+    x = (data[:6] + 0.3 * torch.randn(6, 100, generator=g, dtype=torch.float64).to(device))
+    assert augment(data).shape == (300, 112) == (300, table_width(100)) and table_width(30) == 32
+    assert torch.equal(augment(data)[:, 102:], torch.zeros(300, 10, dtype=torch.float64, device=device))
+    for sigma in (0.5, 3.0):
+        for sparse in (True, False):
+            assert rel_err(denoise(data, x, sigma, chunk=64, sparse=sparse), brute(data, x, sigma)) < 1e-12
+    k_near = Empirical(data, top_k=5, chunk_size=64)(x, 3.0)
+    r2 = (x.cpu()[:, None] - data.cpu()[None]).square().sum(-1)
+    keep = r2.topk(5, dim=1, largest=False).indices
+    w = torch.softmax(-r2.gather(1, keep) / 18.0, 1)
+    assert rel_err(k_near, torch.einsum("bk,bkd->bd", w, data.cpu()[keep])) < 1e-12
+    # a pair kernel with a factor: logits -q / 8, rho = q; sums = [sum w, sum w q]
+    p = stream_pairs(x, chunks(augment(data), 64), lambda q: (-q / 8.0, q.clone()))
+    wq = torch.softmax(-r2 / 8.0, 1)
+    assert rel_err((p.sums[:, 1] / p.sums[:, 0])[:, None], (wq * r2).sum(1, keepdim=True)) < 1e-12
+    assert rel_err(p.wsum / p.sums[:, :1], wq @ data.cpu()) < 1e-12
