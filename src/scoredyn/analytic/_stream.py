@@ -114,10 +114,11 @@ class SkipReport:
     """What the block-sparse kernel skipped, over the calls made inside :func:`skip_report`.
 
     ``pairs``: (query, chunk) pairs seen; ``skipped``: pairs whose second product was skipped;
-    ``mass``: the largest, over queries and calls, upper bound on the skipped weight relative to the
+    ``mass``: the largest, over queries and calls, upper bound on the left-out weight relative to the
     query's total weight (each skipped chunk of ``c`` points adds at most ``c exp(top - shift)``, its
-    top logit against the query's final maximum); the output's error from skipping is at most
-    ``mass * (max_i |x_i| + |D|)``.
+    top logit against the query's final maximum; a kept chunk multiplied out over its live entries
+    alone adds at most ``c`` times the cut ``2 exp(floor)``); the output's error from leaving weight
+    out is at most ``mass * (max_i |x_i| + |D|)``.
     """
 
     def __init__(self) -> None:
@@ -171,8 +172,9 @@ def stream_logits(x: Tensor, scale: Tensor, blocks: Iterable[Tensor], sparse: Op
     (query, chunk) pair that is not negligible against the running maximum is deferred with its
     weights; when the deferred weights are flushed (at the end, or when they hold
     :data:`PENDING_CHUNKS` chunks' worth), pairs that have become negligible against the maximum
-    seen by then are dropped and the rest are multiplied out; a later chunk where every query is live
-    is multiplied at once (the dense regime). In the memorization regime (sigma below the nearest-neighbour spacing)
+    seen by then are dropped and the rest are multiplied out; a later chunk where over 3/4 of the
+    queries are live is multiplied at once for all of them (the dense regime; the others' weights
+    are clamped at the floor, as in the dense kernel). In the memorization regime (sigma below the nearest-neighbour spacing)
     a query keeps about one chunk, so the kernel costs little more than the first product.
     Skipped mass: :func:`skip_report`. The per-chunk decisions read the live count on the host,
     a device sync per chunk: accelerators take the dense path (bound by its two products there).
@@ -206,61 +208,95 @@ def stream_logits(x: Tensor, scale: Tensor, blocks: Iterable[Tensor], sparse: Op
     return Partial(shift, acc[:, d : d + 1], acc[:, :d])
 
 
+def _factor(old: Tensor, new: Tensor, dtype: torch.dtype) -> Tensor:
+    """``exp(old - new)`` of float64 offsets, in ``dtype``; exactly 0 below the floor."""
+    arg = old - new
+    return torch.where(arg < log_floor(dtype), torch.zeros_like(arg), arg.exp()).to(dtype)
+
+
 class _SparseStream:
-    """The block-sparse pass of :func:`stream_logits` (CPU): deferred, prunable second products."""
+    """The block-sparse pass of :func:`stream_logits` (CPU): deferred, prunable second products.
+
+    Shifts are tracked as float64 offsets ``cum`` (the sum of the per-chunk increments ``delta``) so
+    that rescaling deferred weights by ``exp(cum_then - cum_now)`` is as exact as the dense kernel's
+    chain of ``exp(-delta)`` (a difference of two rounded float32 shifts would lose ``eps |shift|``).
+    """
 
     def __init__(self, qa: Tensor, d: int) -> None:
         b = qa.shape[0]
         self.qa, self.d, self.fl = qa, d, log_floor(qa.dtype)
-        self.acc = torch.zeros_like(qa)  # [wsum, sum, (unused)] relative to acc_shift
-        self.acc_shift = torch.full((b,), -math.inf, dtype=qa.dtype, device=qa.device)
-        self.pending: list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]] = []  # blk, rows, w, shift then, top
+        f64 = dict(dtype=torch.float64, device=qa.device)
+        self.acc = torch.zeros_like(qa)  # [wsum, sum, (unused)] relative to acc_cum
+        self.acc_cum = torch.full((b,), -math.inf, **f64)
+        self.pending: list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]] = []  # blk, rows, w, cum then, top
         self.size = 0
         self.report = _REPORT.get()
-        self.lse = torch.full((b,), -math.inf, dtype=torch.float64, device=qa.device) if self.report is not None else None
+        self.lse = torch.full((b,), -math.inf, **f64) if self.report is not None else None
 
-    def _skip(self, top: Tensor, count: int, rows: Optional[Tensor] = None) -> None:
-        """Record skipped pairs: chunk of ``count`` points, top logits ``top`` (for ``rows``, or all)."""
-        if self.report is None or top.numel() == 0:
+    def _skip(self, log_mass: Tensor, rows: Tensor, pairs: bool = True) -> None:
+        """Record left-out weight: at most ``exp(log_mass)`` (in ``cum`` offsets) for each query in ``rows``;
+        ``pairs``: whole (query, chunk) pairs were skipped (counted in the report)."""
+        if self.report is None or rows.numel() == 0:
             return
-        self.report.skipped += top.numel()
-        term = top.double() + math.log(count)
-        idx = torch.arange(self.lse.numel(), device=top.device) if rows is None else rows
-        self.lse.index_copy_(0, idx, torch.logaddexp(self.lse.index_select(0, idx), term))  # type: ignore[union-attr]
+        if pairs:
+            self.report.skipped += rows.numel()
+        lse = self.lse
+        assert lse is not None
+        lse.index_copy_(0, rows, torch.logaddexp(lse.index_select(0, rows), log_mass.double()))
 
-    def _flush(self, shift: Tensor) -> None:
-        """Multiply out the deferred weights that are not negligible against ``shift``; rescale to it."""
-        _accumulate(self.acc, self.acc_shift, shift)
-        self.acc_shift = shift.clone()
+    def _rescale(self, cum: Tensor) -> None:
+        self.acc.mul_(_factor(self.acc_cum, cum, self.acc.dtype)[:, None])
+        self.acc_cum = cum
+
+    def _flush(self, cum: Tensor) -> None:
+        """Multiply out the deferred weights that are not negligible against ``cum``; rescale to it."""
+        self._rescale(cum)
         for blk, rows, w, then, top in self.pending:
-            keep = top - shift.index_select(0, rows) >= self.fl
+            now = cum.index_select(0, rows)
+            keep = top - now >= self.fl
             if not bool(keep.all()):
-                self._skip(top[~keep], blk.shape[0], rows[~keep])
-                rows, w, then = rows[keep], w[keep], then[keep]
+                self._skip(top[~keep] + math.log(blk.shape[0]), rows[~keep])
+                rows, w, then, now = rows[keep], w[keep], then[keep], now[keep]
                 if rows.numel() == 0:
                     continue
             # product first, rescale after: the weights stay >= exp(floor) (no subnormal terms)
-            part = (w @ blk).mul_(rescale_factor(then, shift.index_select(0, rows))[:, None])
+            part = self._product(w, blk, rows, then).mul_(_factor(then, now, w.dtype)[:, None])
             self.acc.index_add_(0, rows, part)
         self.pending, self.size = [], 0
+
+    def _product(self, w: Tensor, blk: Tensor, rows: Tensor, then: Tensor) -> Tensor:
+        """``w @ blk``, or, when under 1/64 of the weights are above the floor (the memorization regime,
+        where a kept chunk usually holds one live point), the sum over those entries alone."""
+        cut = 2.0 * math.exp(self.fl)
+        live = w > cut
+        n = int(live.sum())
+        if 64 * n >= live.numel():  # a gathered term costs about as much as 30-60 multiply-adds
+            return w @ blk
+        # the weights left out are at most 2 exp(floor) each, relative to the offset ``then``
+        self._skip(then + math.log(blk.shape[0] * cut), rows, pairs=False)
+        r, c = live.nonzero().unbind(1)
+        terms = blk.index_select(0, c).mul_(w[r, c][:, None])
+        return torch.zeros(w.shape[0], blk.shape[1], dtype=w.dtype, device=w.device).index_add_(0, r, terms)
 
     def run(self, blocks: Iterable[Tensor]) -> Partial:
         qa, d, fl = self.qa, self.d, self.fl
         b = qa.shape[0]
         shift: Optional[Tensor] = None
+        cum = torch.zeros(b, dtype=torch.float64, device=qa.device)
         for blk in blocks:
             g = qa @ blk.T  # logits minus the current shift (0 before the first block)
             top = g.amax(1)  # the chunk's top logit, relative
             delta = top if shift is None else top.clamp_min(0.0)
-            new = delta if shift is None else shift + delta
             live = (top - delta) >= fl
+            if shift is not None:
+                cum = cum + delta.double()
+            top_c = cum + (top - delta).double()  # the chunk's top in cum offsets
             if self.report is not None:
                 self.report.pairs += b
             n_live = int(live.sum())  # host sync: the CPU path only
-            if n_live == b and shift is not None:  # every query live past the first chunk: dense
+            if 4 * n_live > 3 * b and shift is not None:  # most queries live past the first chunk: dense
                 g.sub_(delta[:, None]).clamp_min_(fl).exp_()
-                _accumulate(self.acc, self.acc_shift, new)
-                self.acc_shift = new
+                self._rescale(cum)
                 self.acc.addmm_(g, blk)
                 n_live = 0
             elif n_live == b:  # the first chunk: defer its weights (no copy); most die in the sparse regime
@@ -269,20 +305,20 @@ class _SparseStream:
             else:
                 rows = live.nonzero()[:, 0]
                 dead = (~live).nonzero()[:, 0]
-                self._skip((top + (new - delta)).index_select(0, dead), blk.shape[0], dead)
+                self._skip(top_c.index_select(0, dead) + math.log(blk.shape[0]), dead)
                 w = g.index_select(0, rows).sub_(delta.index_select(0, rows)[:, None]).clamp_min_(fl).exp_()
             if n_live:
-                self.pending.append((blk, rows, w, new.index_select(0, rows), (top + new - delta).index_select(0, rows)))
+                self.pending.append((blk, rows, w, cum.index_select(0, rows), top_c.index_select(0, rows)))
                 self.size += w.numel()
-            shift = new
+            shift = delta if shift is None else shift + delta
             qa[:, d] = -shift
             if self.size >= PENDING_CHUNKS * b * blk.shape[0]:
-                self._flush(shift)
+                self._flush(cum)
         if shift is None:
             raise ValueError("no training points to stream over; expected at least one")
-        self._flush(shift)
+        self._flush(cum)
         if self.report is not None:
-            bound = (self.lse - shift.double()).exp() / self.acc[:, d].double()  # type: ignore[operator]
+            bound = (self.lse - cum).exp() / self.acc[:, d].double()  # type: ignore[operator]
             self.report.mass = max(self.report.mass, float(bound.max()))
         return Partial(shift, self.acc[:, d : d + 1], self.acc[:, :d])
 
