@@ -13,7 +13,7 @@ import torch
 
 from scoredyn.analytic import Empirical
 from scoredyn.analytic import _stream
-from scoredyn.analytic._stream import augment, chunks, log_floor, skip_report, stream_logits
+from scoredyn.analytic._stream import augment, chunks, log_floor, log_skip, skip_report, stream_logits
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
 
@@ -92,9 +92,9 @@ def test_sparse_path_skips_and_bounds_the_skipped_mass(cloud, sigma: float) -> N
     # the memorization regime: a query keeps about one chunk of ten (measured: 0.90 and 0.65 of pairs
     # skipped; chunks where over 3/4 of the queries are live are multiplied whole)
     assert rep.skipped >= 0.6 * rep.pairs, f"sigma={sigma}: skipped only {rep.skipped} of {rep.pairs} pairs"
-    # each point is left out at most once, with a weight below 2 exp(floor) relative to the maximum
-    bound = 2 * data.shape[0] * math.exp(log_floor(torch.float32))
-    assert 0.0 <= rep.mass <= bound, f"skipped mass bound {rep.mass:.3g} above 2 N exp(floor) = {bound:.3g}"
+    # each point is left out at most once, with a weight below exp(skip) = eps 2^-20 relative to the maximum
+    bound = data.shape[0] * math.exp(log_skip(torch.float32))
+    assert 0.0 <= rep.mass <= bound, f"skipped mass bound {rep.mass:.3g} above N exp(skip) = {bound:.3g}"
     assert rel_err(out, brute(data, x, sigma)) < 1e-4
 
 
@@ -114,7 +114,7 @@ def test_skip_report_mass_is_an_upper_bound() -> None:
     w = torch.softmax(-r2 / (2 * sigma**2), 1)
     true_mass = float((w[:, :64].sum(1) / w.sum(1)).max())
     assert 0 < true_mass <= rep.mass, f"reported bound {rep.mass:.3g} below the true skipped mass {true_mass:.3g}"
-    assert rep.mass < 1e-25
+    assert rep.mass < 1e-25, f"far chunk's mass bound {rep.mass:.3g}"
     assert rel_err(out, brute(data, x, sigma)) < 1e-12
 
 

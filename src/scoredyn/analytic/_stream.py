@@ -29,7 +29,8 @@ matrix product whose terms ``w_i x_i`` are subnormal (1.5x slower). The old clam
 hit both in the memorization regime and ran at 0.55 of the matmul rate.
 
 On the CPU :func:`stream_logits` is also *block sparse*: a query's weights over a chunk are all
-below the floor when the chunk's maximum logit is ``floor`` below the query's final maximum; the
+below ``eps 2^-20`` (:func:`log_skip`) relative to its largest when the chunk's maximum logit is
+that far below the query's final maximum (so up to 2^20 such points change no sum); the
 second product is then skipped for that (query, chunk) pair (see :func:`stream_logits`), and
 :func:`skip_report` bounds the mass skipped.
 """
@@ -99,6 +100,12 @@ def chunks(table: Tensor, chunk: int) -> Iterable[Tensor]:
         yield table[start : start + chunk]
 
 
+def log_skip(dtype: torch.dtype) -> float:
+    """Below this logit gap a weight is left out by the block-sparse path: ``log(eps 2^-20)``
+    (float32 -29.8, float64 -49.9): up to 2^20 points left out change a sum by under one rounding."""
+    return math.log(torch.finfo(dtype).eps) - 20 * math.log(2.0)
+
+
 def rescale_factor(old: Tensor, new: Tensor) -> Tensor:
     """``exp(old - new)`` (``new >= old``), exactly 0 where it is below the floor or ``old`` is -inf."""
     arg = old - new
@@ -117,7 +124,7 @@ class SkipReport:
     ``mass``: the largest, over queries and calls, upper bound on the left-out weight relative to the
     query's total weight (each skipped chunk of ``c`` points adds at most ``c exp(top - shift)``, its
     top logit against the query's final maximum; a kept chunk multiplied out over its live entries
-    alone adds at most ``c`` times the cut ``2 exp(floor)``); the output's error from leaving weight
+    alone adds at most ``c exp(skip)``, :func:`log_skip`); the output's error from leaving weight
     out is at most ``mass * (max_i |x_i| + |D|)``.
     """
 
@@ -167,8 +174,8 @@ def stream_logits(x: Tensor, scale: Tensor, blocks: Iterable[Tensor], sparse: Op
     blocks (:func:`augment`). The logits and the running shift come out of the first matrix product.
 
     ``sparse`` (default: on the CPU) skips provably negligible second products. A query's weights
-    over a chunk are all below ``exp(floor)`` (:func:`log_floor`) relative to its largest weight when
-    the chunk's top logit is ``floor`` below the query's maximum. The second product of each
+    over a chunk are all below ``exp(skip)`` (:func:`log_skip`) relative to its largest weight when
+    the chunk's top logit is ``skip`` below the query's maximum. The second product of each
     (query, chunk) pair that is not negligible against the running maximum is deferred with its
     weights; when the deferred weights are flushed (at the end, or when they hold
     :data:`PENDING_CHUNKS` chunks' worth), pairs that have become negligible against the maximum
@@ -224,7 +231,7 @@ class _SparseStream:
 
     def __init__(self, qa: Tensor, d: int) -> None:
         b = qa.shape[0]
-        self.qa, self.d, self.fl = qa, d, log_floor(qa.dtype)
+        self.qa, self.d, self.fl, self.skip = qa, d, log_floor(qa.dtype), log_skip(qa.dtype)
         f64 = dict(dtype=torch.float64, device=qa.device)
         self.acc = torch.zeros_like(qa)  # [wsum, sum, (unused)] relative to acc_cum
         self.acc_cum = torch.full((b,), -math.inf, **f64)
@@ -253,7 +260,7 @@ class _SparseStream:
         self._rescale(cum)
         for blk, rows, w, then, top in self.pending:
             now = cum.index_select(0, rows)
-            keep = top - now >= self.fl
+            keep = top - now >= self.skip
             if not bool(keep.all()):
                 self._skip(top[~keep] + math.log(blk.shape[0]), rows[~keep])
                 rows, w, then, now = rows[keep], w[keep], then[keep], now[keep]
@@ -265,14 +272,14 @@ class _SparseStream:
         self.pending, self.size = [], 0
 
     def _product(self, w: Tensor, blk: Tensor, rows: Tensor, then: Tensor) -> Tensor:
-        """``w @ blk``, or, when under 1/64 of the weights are above the floor (the memorization regime,
+        """``w @ blk``, or, when under 1/64 of the weights are above ``exp(skip)`` (the memorization regime,
         where a kept chunk usually holds one live point), the sum over those entries alone."""
-        cut = 2.0 * math.exp(self.fl)
+        cut = math.exp(self.skip)
         live = w > cut
         n = int(live.sum())
         if 64 * n >= live.numel():  # a gathered term costs about as much as 30-60 multiply-adds
             return w @ blk
-        # the weights left out are at most 2 exp(floor) each, relative to the offset ``then``
+        # the weights left out are at most exp(skip) each, relative to the offset ``then``
         self._skip(then + math.log(blk.shape[0] * cut), rows, pairs=False)
         r, c = live.nonzero().unbind(1)
         terms = blk.index_select(0, c).mul_(w[r, c][:, None])
@@ -287,7 +294,7 @@ class _SparseStream:
             g = qa @ blk.T  # logits minus the current shift (0 before the first block)
             top = g.amax(1)  # the chunk's top logit, relative
             delta = top if shift is None else top.clamp_min(0.0)
-            live = (top - delta) >= fl
+            live = (top - delta) >= self.skip
             if shift is not None:
                 cum = cum + delta.double()
             top_c = cum + (top - delta).double()  # the chunk's top in cum offsets
