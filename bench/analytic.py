@@ -80,7 +80,7 @@ def build(name: str, data: torch.Tensor, x: torch.Tensor, args: argparse.Namespa
         model = NoiseAgnostic(data, conditioning="multiplicative", levels=levels, chunk_size=args.chunk)
         return lambda: model.field(x)
     if name == "noise_agnostic_quad":
-        model = NoiseAgnostic(data, args.sigma_min, args.sigma_max, chunk_size=args.chunk)
+        model = NoiseAgnostic(data, sigma_min=args.sigma_min, sigma_max=args.sigma_max, chunk_size=args.chunk)
         return lambda: model.field(x)
     raise ValueError(name)
 

@@ -56,7 +56,7 @@ def run(quick: bool, repeats: int, device: str) -> list[dict]:
         g = torch.Generator().manual_seed(1)
         pick = torch.randperm(data.shape[0], generator=g)[:batch]
         fields = {}
-        na = NoiseAgnostic(data, SIGMA_MIN[d], SIGMA_MAX[d], conditioning="multiplicative")
+        na = NoiseAgnostic(data, sigma_min=SIGMA_MIN[d], sigma_max=SIGMA_MAX[d], conditioning="multiplicative")
         x_na = data[pick] + 0.5 * SIGMA_MIN[d] * torch.randn(batch, d, generator=g, dtype=data.dtype).to(device)
         fields["noise-agnostic"] = (na.field, x_na)
         gmm = GaussianMixture.fit(data, 10, seed=0, rank=None if d == 2 else 16)

@@ -56,7 +56,7 @@ def naive(samples: torch.Tensor, train: torch.Tensor) -> tuple[torch.Tensor, tor
 
 def exact(samples: torch.Tensor, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     out = memorization(samples, train)
-    return out["ratio"], out["nn_index"]
+    return out.ratio, out.nn_index
 
 
 def validation(samples: torch.Tensor, train: torch.Tensor) -> None:

@@ -88,7 +88,7 @@ def error(x: torch.Tensor, ref: torch.Tensor) -> float:
 
 def run(fn: Callable, gm, x: torch.Tensor, levels: int) -> tuple[torch.Tensor, int]:
     counted = CountNFE(gm)
-    out = fn(counted, x, sigmas_karras(levels, SIGMA_MIN, SIGMA_MAX))
+    out = fn(counted, x, sigmas_karras(levels, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX))
     return out, counted.nfe
 
 
@@ -107,10 +107,10 @@ def accuracy(name: str, gm, n_samples: int, nfes, skips, sweep) -> tuple[list[st
     gauss = moment_gaussian(gm)
     x = gm.sample(n_samples, sigma=SIGMA_MAX, generator=torch.Generator().manual_seed(1))
     t0 = time.perf_counter()
-    ref, ref_nfe = ode_adaptive(gm, x, SIGMA_MAX, SIGMA_MIN, rtol=1e-9, atol=1e-9)
+    ref, ref_nfe = ode_adaptive(gm, x, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rtol=1e-9, atol=1e-9).as_tuple()
     ref = gm(ref, SIGMA_MIN)
     t_ref = time.perf_counter() - t0
-    loose, _ = ode_adaptive(gm, x, SIGMA_MAX, SIGMA_MIN, rtol=1e-7, atol=1e-7)
+    loose = ode_adaptive(gm, x, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rtol=1e-7, atol=1e-7).x
     ref_err = error(gm(loose, SIGMA_MIN), ref)
     lines = [
         f"**{name}** (d = {gm.dim}, {n_samples} samples; reference: dopri5 rtol = atol = 1e-9, {ref_nfe} NFE, "
@@ -146,7 +146,7 @@ def accuracy(name: str, gm, n_samples: int, nfes, skips, sweep) -> tuple[list[st
             orders.append(f"{sname} {math.log(e0 / e1) / math.log(n1 / n0):.2f}")
     adaptive = []
     for tol in (1e-3, 1e-5):
-        out, nfe = ode_adaptive(gm, x, SIGMA_MAX, SIGMA_MIN, rtol=tol, atol=tol)
+        out, nfe = ode_adaptive(gm, x, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rtol=tol, atol=tol).as_tuple()
         adaptive.append(f"dopri5 rtol = atol = {tol:g}: {nfe + 1} NFE, error {error(gm(out, SIGMA_MIN), ref):.2e}")
     lines += ["", "Observed order log(e_20 / e_50) / log(NFE_50 / NFE_20): " + ", ".join(orders) + "."]
     lines += ["", "Adaptive for comparison: " + "; ".join(adaptive) + "."]
@@ -158,8 +158,8 @@ def overhead(shape: tuple[int, ...], batch: int, steps: int, repeats: int) -> li
     x = torch.randn(batch, *shape)
     seeds = list(range(batch))
     identity = lambda y, s: y  # noqa: E731
-    grid = sigmas_karras(steps, 0.01, 10.0)
-    levels = sigmas_geometric(steps, 10.0, 0.01)
+    grid = sigmas_karras(steps, sigma_min=0.01, sigma_max=10.0)
+    levels = sigmas_geometric(steps, sigma_min=0.01, sigma_max=10.0)
     cases: dict[str, Callable[[], torch.Tensor]] = {
         "bare loop (x + c (x - D), no checks)": lambda: _bare(x, grid),
         "euler": lambda: SAMPLERS["euler"](identity, x, grid),

@@ -21,16 +21,16 @@ import torch
 
 from _common import machine, publish
 from scoredyn.nets import MLP, UNet, precondition
-from scoredyn.train import fit
+from scoredyn.train import TrainConfig, fit
 
 
 def measure(make, data: torch.Tensor, batch: int, device: str, windows: int, window: int, compile: bool) -> float:
     """Median steps/s over ``windows`` timed windows of ``window`` steps (after one warm-up window)."""
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
-        fit(make(), data, steps=(windows + 1) * window, batch_size=batch, lr=2e-4, sigma_dist="lognormal",
-            sigma_min=0.002, sigma_max=80.0, warmup=10, device=device, compile=compile, out=tmp,
-            ckpt_every=10**9, log_every=window, progress=False)
+        config = TrainConfig(steps=(windows + 1) * window, batch_size=batch, lr=2e-4, sigma_dist="lognormal", sigma_min=0.002,
+                             sigma_max=80.0, warmup=10, compile=compile, ckpt_every=10**9, log_every=window)
+        fit(make(), data, config, device=device, out=tmp, progress=False)
         rates = [json.loads(s)["it_s"] for s in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
     return statistics.median(rates[1:])
 

@@ -39,7 +39,7 @@ def test_single_process_equals_python_api(tmp_path: Path) -> None:
         got = torch.from_numpy(z["samples"])
         assert z["seeds"].tolist() == list(range(7, 19))
     model = Empirical(torch.from_numpy(np.load(data)), temperature=2.0)
-    sigmas = sigmas_karras(6, 0.01, 10.0)
+    sigmas = sigmas_karras(6, sigma_min=0.01, sigma_max=10.0)
     seeds = list(range(7, 19))
     ref = heun(model, float(sigmas[0]) * noise(seeds, (2,), "cpu", torch.float32), sigmas, seeds=seeds)
     assert torch.allclose(got, ref, atol=1e-6), f"max deviation {float((got - ref).abs().max()):.2e}"

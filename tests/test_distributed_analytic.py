@@ -34,7 +34,7 @@ def models(data: torch.Tensor, group: object) -> dict[str, object]:
     return {
         "empirical": Empirical(data, chunk_size=5, group=group),
         "tempered_topk": Empirical(data, temperature=lambda s: (0.5 / s).clamp(min=1.0), top_k=4, group=group),
-        "kim": NoiseAgnostic(data, 0.02, 3.0, chunk_size=6, group=group),
+        "kim": NoiseAgnostic(data, sigma_min=0.02, sigma_max=3.0, chunk_size=6, group=group),
         "zhou": NoiseAgnostic(data, conditioning="unconditional", levels=levels, group=group),
     }
 
@@ -50,8 +50,8 @@ def evaluate(ms: dict[str, object], x: torch.Tensor, sigma: torch.Tensor) -> dic
 
 def memorization_arrays(x: torch.Tensor, train: torch.Tensor, group: object) -> dict[str, np.ndarray]:
     m = memorization(x, train, sigma_min=0.1, group=group)
-    return {"mem_ratio": m["ratio"].numpy(), "mem_index": m["nn_index"].numpy().astype(np.float64),
-            "mem_distance": m["nn_distance"].numpy()}
+    return {"mem_ratio": m.ratio.numpy(), "mem_index": m.nn_index.numpy().astype(np.float64),
+            "mem_distance": m.nn_distance.numpy()}
 
 
 def worker(rank: int, port: int, out_dir: str) -> None:

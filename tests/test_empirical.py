@@ -205,8 +205,8 @@ def test_host_array_and_memmap_streamed(tmp_path, setup):
         assert rel_err(got, ref) < 1e-13, f"memmap {kw}: {rel_err(got, ref):.2e}"
     f32 = Empirical(np.asarray(data.numpy(), dtype=np.float32), chunk_size=50)
     assert rel_err(f32(x.float(), 0.4), brute(data, x, 0.4)) < 1e-5
-    na = NoiseAgnostic(mm, 0.05, 3.0, chunk_size=31)
-    assert rel_err(na.field(x), NoiseAgnostic(data, 0.05, 3.0).field(x)) < 1e-13
+    na = NoiseAgnostic(mm, sigma_min=0.05, sigma_max=3.0, chunk_size=31)
+    assert rel_err(na.field(x), NoiseAgnostic(data, sigma_min=0.05, sigma_max=3.0).field(x)) < 1e-13
     bad = np.array(data.numpy())
     bad[5, 2] = np.nan
     with pytest.raises(ValueError, match="NaN/Inf in rows"):

@@ -68,30 +68,30 @@ def test_memorization_constructed_samples(constructed: dict) -> None:
     train, samples = constructed["train"], constructed["samples"]
     out = memorization(samples, train)
     expected = torch.tensor([True] * 20 + [False] * 20)
-    assert torch.equal(out["is_copy"], expected), f"copies flagged {out['is_copy'].int().tolist()}"
-    assert out["copy_fraction"] == 0.5
-    assert torch.equal(out["nn_index"][:20], torch.arange(20)), out["nn_index"][:20].tolist()
+    assert torch.equal(out.is_copy, expected), f"copies flagged {out.is_copy.int().tolist()}"
+    assert out.copy_fraction == 0.5
+    assert torch.equal(out.nn_index[:20], torch.arange(20)), out.nn_index[:20].tolist()
     # midpoints are equidistant from their two parents (up to the float32 rounding of the midpoint)
-    assert torch.allclose(out["ratio"][20:30], torch.ones(10, dtype=torch.float64), atol=1e-6), out["ratio"][20:30]
+    assert torch.allclose(out.ratio[20:30], torch.ones(10, dtype=torch.float64), atol=1e-6), out.ratio[20:30]
     parents = torch.stack([torch.arange(20, 30), torch.arange(30, 40)], 1)
-    assert bool((out["nn_index"][20:30, None] == parents).any(1).all()), out["nn_index"][20:30]
+    assert bool((out.nn_index[20:30, None] == parents).any(1).all()), out.nn_index[20:30]
     d, i = brute_knn(samples, train, 2)
     oracle = d[:, 0] / d[:, 1]
-    err = float((out["ratio"] - oracle).abs().max())
+    err = float((out.ratio - oracle).abs().max())
     assert err < 1e-12, f"ratio vs float64 brute force: max error {err:.3g}"
-    assert torch.equal(out["nn_index"][30:], i[30:, 0]), "nearest index differs from brute force"
-    assert torch.equal(out["nn_distance"], d[:, 0]) or float((out["nn_distance"] - d[:, 0]).abs().max()) < 1e-12
+    assert torch.equal(out.nn_index[30:], i[30:, 0]), "nearest index differs from brute force"
+    assert torch.equal(out.nn_distance, d[:, 0]) or float((out.nn_distance - d[:, 0]).abs().max()) < 1e-12
     near_ratio = oracle[10:20]
     assert float(near_ratio.max()) < 1e-3 and float(near_ratio.min()) > 0, f"near-copy ratios {near_ratio}"
-    err_near = float(((out["ratio"][10:20] - near_ratio) / near_ratio).abs().max())
+    err_near = float(((out.ratio[10:20] - near_ratio) / near_ratio).abs().max())
     assert err_near < 1e-9, f"near-copy ratio relative error {err_near:.3g} (matmul cancellation not corrected?)"
 
 
 def test_memorization_duplicated_training_point() -> None:
     train = torch.tensor([[0.0, 0.0], [0.0, 0.0], [3.0, 4.0]], dtype=torch.float64)
     out = memorization(torch.tensor([[0.0, 0.0], [3.0, 4.0 + 1e-6], [1.5, 2.0]], dtype=torch.float64), train)
-    assert out["ratio"].tolist()[0] == 0.0 and out["is_copy"].tolist() == [True, True, False], out["ratio"]
-    assert abs(float(out["ratio"][1]) - 1e-6 / math.hypot(3.0, 4.0 + 1e-6)) < 1e-15, out["ratio"][1]
+    assert out.ratio.tolist()[0] == 0.0 and out.is_copy.tolist() == [True, True, False], out.ratio
+    assert abs(float(out.ratio[1]) - 1e-6 / math.hypot(3.0, 4.0 + 1e-6)) < 1e-15, out.ratio[1]
 
 
 def test_memorization_within_k_sigma_and_quantiles() -> None:
@@ -103,13 +103,16 @@ def test_memorization_within_k_sigma_and_quantiles() -> None:
     samples = train[:50] + radius[:, None] * direction
     out = memorization(samples, train, sigma_min=0.1, k=2.0)
     d, _ = brute_knn(samples, train, 2)
-    assert torch.allclose(out["nn_distance"], radius, rtol=1e-12), "nearest distances should be the radii"
+    assert torch.allclose(out.nn_distance, radius, rtol=1e-12), "nearest distances should be the radii"
     expected = float((radius <= 0.2).double().mean())
-    assert out["within_k_sigma"] == expected, f"within_k_sigma {out['within_k_sigma']} vs {expected}"
+    assert out.within_k_sigma == {2.0: expected}, f"within_k_sigma {out.within_k_sigma} vs {expected}"
     q = torch.quantile(d[:, 0], torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64))
-    got = torch.tensor([out["nn_distance_quantiles"][p] for p in (0.05, 0.5, 0.95)], dtype=torch.float64)
+    got = torch.tensor([out.nn_distance_quantiles[p] for p in (0.05, 0.5, 0.95)], dtype=torch.float64)
     assert torch.allclose(got, q, rtol=1e-12), f"quantiles {got} vs {q}"
-    assert memorization(samples, train)["within_k_sigma"] is None
+    assert memorization(samples, train).within_k_sigma == {}
+    many = memorization(samples, train, sigma_min=0.1, k=(1.05, 2.0))
+    assert many.within_k_sigma == {1.05: float((radius <= 0.105).double().mean()), 2.0: expected}, many.within_k_sigma
+    assert many.as_dict()["within_k_sigma"] == {"1.05": many.within_k_sigma[1.05], "2.0": expected}
 
 
 def test_memorization_chunked_equals_unchunked(constructed: dict) -> None:
@@ -118,7 +121,7 @@ def test_memorization_chunked_equals_unchunked(constructed: dict) -> None:
     for chunk in (1, 7, 399, 10_000):
         part = memorization(samples, train, chunk_size=chunk)
         for key in ("nn_index", "nn_distance", "ratio"):
-            assert torch.equal(part[key], full[key]), f"chunk_size={chunk}: {key} differs"
+            assert torch.equal(getattr(part, key), getattr(full, key)), f"chunk_size={chunk}: {key} differs"
 
 
 def test_knn_matches_brute_force_with_offset_data() -> None:
@@ -279,8 +282,8 @@ def test_mmd_energy_match_brute_force_u_statistics() -> None:
 def test_precision_recall() -> None:
     g = gen(5)
     a = torch.randn(300, 4, generator=g)
-    assert precision_recall(a, a) == (1.0, 1.0)
-    assert precision_recall(a, a + 100.0) == (0.0, 0.0)
+    assert precision_recall(a, a).as_dict() == {"precision": 1.0, "recall": 1.0}
+    assert precision_recall(a + 100.0, a).as_dict() == {"precision": 0.0, "recall": 0.0}
     # partial overlap against an explicit loop (Kynkaenniemi et al. 2019, eq. 1-3)
     b = torch.randn(200, 4, generator=g) * 1.5 + 0.7
     A, B = a.double().numpy(), b.double().numpy()
@@ -289,9 +292,9 @@ def test_precision_recall() -> None:
         radii = np.sort(np_cdist(ref, ref), axis=1)[:, k]
         return float(np.mean([np.any(np.linalg.norm(ref - x, axis=1) <= radii) for x in q]))
 
-    got = precision_recall(a, b, k=3)
+    got = precision_recall(b, a, k=3)  # (samples, reference)
     ref = (coverage(B, A), coverage(A, B))
-    assert got == ref, f"precision/recall {got} vs explicit loop {ref}"
+    assert (got.precision, got.recall) == ref, f"precision/recall {got} vs explicit loop {ref}"
     assert 0.0 < got.precision < 1.0 and 0.0 < got.recall < 1.0, got
 
 
@@ -356,7 +359,7 @@ def test_kid_matches_loop_estimator_and_is_unbiased() -> None:
     g = gen(7)
     a = torch.randn(30, 6, generator=g, dtype=torch.float64)
     b = torch.randn(30, 6, generator=g, dtype=torch.float64) + 0.3
-    mean, std = kid(a, b, n_subsets=1, subset_size=30)
+    mean, std = (r := kid(a, b, n_subsets=1, subset_size=30)).mean, r.std
     ref = u_mmd_loop(a.numpy(), b.numpy())
     assert abs(mean - ref) < 1e-10 and std == 0.0, f"kid {mean} vs loop estimator {ref}"
     # same distribution: the mean over independent replicates is 0 within 4 SE, while the biased
@@ -365,7 +368,7 @@ def test_kid_matches_loop_estimator_and_is_unbiased() -> None:
     for r in range(40):
         x = torch.randn(100, 8, generator=gen(1000 + r), dtype=torch.float64)
         y = torch.randn(100, 8, generator=gen(2000 + r), dtype=torch.float64)
-        unbiased.append(kid(x, y, n_subsets=1, subset_size=100)[0])
+        unbiased.append(kid(x, y, n_subsets=1, subset_size=100).mean)
         kxx = (x @ x.T / 8 + 1) ** 3
         kyy = (y @ y.T / 8 + 1) ** 3
         kxy = (x @ y.T / 8 + 1) ** 3
@@ -377,7 +380,7 @@ def test_kid_matches_loop_estimator_and_is_unbiased() -> None:
     # many subsets of one pair of large sets from the same distribution
     x = torch.randn(2000, 8, generator=gen(8), dtype=torch.float64)
     y = torch.randn(2000, 8, generator=gen(9), dtype=torch.float64)
-    mean, std = kid(x, y, n_subsets=50, subset_size=200, seed=1)
+    mean, std = (r := kid(x, y, n_subsets=50, subset_size=200, seed=1)).mean, r.std
     assert abs(mean) < 4 * std / math.sqrt(50), f"KID same distribution {mean:.4g} (std {std:.3g})"
     assert kid(x, y, n_subsets=3, subset_size=50, seed=4) == kid(x, y, n_subsets=3, subset_size=50, seed=4)
 

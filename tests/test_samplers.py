@@ -27,6 +27,7 @@ from scoredyn._checks import bcast
 from scoredyn.analytic.gaussian import Gaussian
 from scoredyn.analytic.mixture import GaussianMixture
 from scoredyn.sample import (
+    FIELD_SAMPLERS,
     SAMPLERS,
     CountNFE,
     SamplerDivergence,
@@ -70,7 +71,7 @@ def mixture_2d(dtype: torch.dtype = F64) -> GaussianMixture:
 def order_problem() -> tuple[GaussianMixture, torch.Tensor, torch.Tensor]:
     gm = mixture_2d()
     x0 = gm.sample(32, sigma=SMAX, generator=torch.Generator().manual_seed(1))
-    ref, _ = ode_adaptive(gm, x0, SMAX, SMIN, rtol=1e-10, atol=1e-10)
+    ref = ode_adaptive(gm, x0, sigma_min=SMIN, sigma_max=SMAX, rtol=1e-10, atol=1e-10).x
     return gm, x0, ref
 
 
@@ -97,7 +98,7 @@ def test_convergence_order(order_problem, name, fn, opts, expected, ns, tol) -> 
     gm, x0, ref = order_problem
     errs = []
     for n in ns:
-        grid = sigmas_karras(n + 1, SMIN, SMAX)[:-1]  # n steps, ending at SMIN > 0
+        grid = sigmas_karras(n + 1, sigma_min=SMIN, sigma_max=SMAX)[:-1]  # n steps, ending at SMIN > 0
         errs.append(mean_error(fn(gm, x0, grid, **opts), ref))
     slope = -np.polyfit(np.log(ns), np.log(errs), 1)[0]
     assert abs(slope - expected) < tol, f"{name}: measured order {slope:.3f}, expected {expected} (errors {errs})"
@@ -119,19 +120,19 @@ def test_reference_against_scipy_dop853(order_problem) -> None:
 def test_ode_adaptive_counts_every_evaluation(order_problem) -> None:
     gm, x0, _ = order_problem
     counted = CountNFE(gm)
-    _, nfe = ode_adaptive(counted, x0, SMAX, SMIN, rtol=1e-6, atol=1e-6)
+    nfe = ode_adaptive(counted, x0, sigma_min=SMIN, sigma_max=SMAX, rtol=1e-6, atol=1e-6).nfe
     assert nfe == counted.nfe > 0, f"reported nfe {nfe}, counted {counted.nfe}"
-    _, nfe0 = ode_adaptive(gm, x0, 1.0, 1.0)
+    nfe0 = ode_adaptive(gm, x0, sigma_min=1.0, sigma_max=1.0).nfe
     assert nfe0 == 0
     with pytest.raises(ValueError, match="sigma_min must be > 0"):
-        ode_adaptive(gm, x0, 1.0, 0.0)
+        ode_adaptive(gm, x0, sigma_min=0.0, sigma_max=1.0)
 
 
 def test_heun_second_order_beats_euler_at_equal_nfe(order_problem) -> None:
     gm, x0, ref = order_problem
-    e_euler = mean_error(euler(gm, x0, sigmas_karras(33, SMIN, SMAX)[:-1]), ref)  # 32 NFE
-    e_heun = mean_error(heun(gm, x0, sigmas_karras(17, SMIN, SMAX)[:-1]), ref)  # 32 NFE
-    e_dpm = mean_error(dpmpp_2m(gm, x0, sigmas_karras(33, SMIN, SMAX)[:-1]), ref)  # 32 NFE
+    e_euler = mean_error(euler(gm, x0, sigmas_karras(33, sigma_min=SMIN, sigma_max=SMAX)[:-1]), ref)  # 32 NFE
+    e_heun = mean_error(heun(gm, x0, sigmas_karras(17, sigma_min=SMIN, sigma_max=SMAX)[:-1]), ref)  # 32 NFE
+    e_dpm = mean_error(dpmpp_2m(gm, x0, sigmas_karras(33, sigma_min=SMIN, sigma_max=SMAX)[:-1]), ref)  # 32 NFE
     assert e_heun < e_euler / 5 and e_dpm < e_euler / 5, f"euler {e_euler:.3e} heun {e_heun:.3e} dpm++ {e_dpm:.3e}"
 
 
@@ -157,15 +158,15 @@ def multiplicative_models() -> list:
     from scoredyn.analytic.noise_agnostic import NoiseAgnostic
 
     data = torch.randn(40, 3, generator=torch.Generator().manual_seed(2), dtype=F64)
-    return [Multiplicative(), NoiseAgnostic(data, 0.1, 3.0, conditioning="multiplicative")]
+    return [Multiplicative(), NoiseAgnostic(data, sigma_min=0.1, sigma_max=3.0, conditioning="multiplicative")]
 
 
 @pytest.mark.parametrize("k", [0, 1], ids=["fixed_field", "noise_agnostic"])
 def test_pf_ode_equals_autonomous_adaptive(k: int) -> None:
     model = multiplicative_models()[k]
     x = 3.0 * torch.randn(8, 3, generator=torch.Generator().manual_seed(3), dtype=F64)
-    a, _ = ode_adaptive(model, x, 3.0, 0.1, rtol=1e-10, atol=1e-10)
-    b = autonomous(model, x, 3.0 - 0.1, rtol=1e-10, atol=1e-10)
+    a = ode_adaptive(model, x, sigma_min=0.1, sigma_max=3.0, rtol=1e-10, atol=1e-10).x
+    b = autonomous(model, x, 3.0 - 0.1, rtol=1e-10, atol=1e-10).x
     err = float((a - b).abs().max())
     assert err < 1e-8, f"PF-ODE vs autonomous ODE over tau = sigma_max - sigma_min differ by {err:.3e}"
 
@@ -178,10 +179,10 @@ def test_pf_euler_equals_autonomous_euler(k: int, grid: str) -> None:
     n = 25
     if grid == "linear":
         sig = torch.linspace(3.0, 0.1, n + 1, dtype=F64)
-        b = autonomous(model, x, 3.0 - 0.1, n_steps=n, method="euler")
+        b = autonomous(model, x, 3.0 - 0.1, n_steps=n, method="euler").x
     else:
-        sig = sigmas_karras(n + 1, 0.1, 3.0)[:-1]
-        b = autonomous(model, x, 3.0 - sig, method="euler")  # tau_i = sigma_max - sigma_i
+        sig = sigmas_karras(n + 1, sigma_min=0.1, sigma_max=3.0)[:-1]
+        b = autonomous(model, x, 3.0 - sig, method="euler").x  # tau_i = sigma_max - sigma_i
     a = euler(model, x, sig)
     err = float((a - b).abs().max())
     assert err < 1e-12, f"Euler on the sigma grid vs Euler on the tau grid: max difference {err:.3e}"
@@ -191,12 +192,12 @@ def test_pf_euler_equals_autonomous_euler(k: int, grid: str) -> None:
 def test_noise_free_langevin_is_euler_on_autonomous_ode(k: int) -> None:
     model = multiplicative_models()[k]
     x = 3.0 * torch.randn(8, 3, generator=torch.Generator().manual_seed(6), dtype=F64)
-    levels, t, eps = sigmas_geometric(6, 3.0, 0.1), 4, 2e-3
+    levels, t, eps = sigmas_geometric(6, sigma_min=0.1, sigma_max=3.0), 4, 2e-3
     s_l = float(levels[-1])
     h = [eps * float(s) / s_l**2 for s in levels for _ in range(t)] + [s_l]  # final denoise: h = sigma_L
     taus = torch.tensor([0.0] + list(np.cumsum(h)), dtype=F64)
     a = annealed_langevin(model, x, levels, n_steps_each=t, step_lr=eps, noise=False, denoise=True)
-    b = autonomous(model, x, taus, method="euler")
+    b = autonomous(model, x, taus, method="euler").x
     err = float((a - b).abs().max())
     assert err < 1e-12, f"noise-free annealed Langevin vs Euler with h_i = eps sigma_i / sigma_L^2: {err:.3e}"
 
@@ -208,18 +209,19 @@ def test_autonomous_linear_field_against_matrix_exponential() -> None:
     tau = 1.7
     exact = x @ torch.from_numpy(expm(a_np * tau)).T
     field = lambda y: y @ a.T  # noqa: E731
-    err_ad = float((autonomous(field, x, tau, rtol=1e-11, atol=1e-11) - exact).abs().max())
+    err_ad = float((autonomous(field, x, tau, rtol=1e-11, atol=1e-11).x - exact).abs().max())
     assert err_ad < 1e-8, f"dopri5 vs expm: {err_ad:.3e}"
     for method, expected in (("euler", 1.0), ("rk4", 4.0)):
         ns = [20, 40, 80]
-        errs = [float((autonomous(field, x, tau, n_steps=n, method=method) - exact).abs().max()) for n in ns]
+        errs = [float((autonomous(field, x, tau, n_steps=n, method=method).x - exact).abs().max()) for n in ns]
         slope = -np.polyfit(np.log(ns), np.log(errs), 1)[0]
         assert abs(slope - expected) < 0.15, f"autonomous {method}: measured order {slope:.3f}, expected {expected}"
-    end, states = autonomous(field, x, tau, n_steps=10, method="rk4", record=True)
-    assert states.shape == (11, 5, 3) and torch.equal(states[0], x) and torch.equal(states[-1], end)
-    end, states = autonomous(field, x, torch.tensor([0.0, 0.5, tau], dtype=F64), rtol=1e-10, atol=1e-10, record=True)
-    assert states.shape == (3, 5, 3) and float((end - exact).abs().max()) < 1e-8
-    assert torch.equal(autonomous(field, x, 0.0), x)
+    sol = autonomous(field, x, tau, n_steps=10, method="rk4", record=1)
+    assert sol.states.shape == (11, 5, 3) and torch.equal(sol.states[0], x) and torch.equal(sol.states[-1], sol.x)
+    assert sol.nfe == 40 and torch.allclose(sol.taus, torch.linspace(0, tau, 11, dtype=F64), rtol=0, atol=1e-15)
+    sol = autonomous(field, x, torch.tensor([0.0, 0.5, tau], dtype=F64), rtol=1e-10, atol=1e-10, record=1)
+    assert sol.states.shape == (3, 5, 3) and float((sol.x - exact).abs().max()) < 1e-8
+    assert torch.equal(autonomous(field, x, 0.0).x, x)
     with pytest.raises(ValueError, match="n_steps"):
         autonomous(field, x, tau, method="euler")
     with pytest.raises(ValueError, match="method"):
@@ -241,12 +243,12 @@ def test_teleport_matches_tight_ode_solve() -> None:
     g = gaussian_3d()
     x = g.sample(16, sigma=SMAX, generator=torch.Generator().manual_seed(9))
     exact = teleport(g, x, SMAX, SMIN)
-    ode, _ = ode_adaptive(g, x, SMAX, SMIN, rtol=1e-11, atol=1e-11)
+    ode = ode_adaptive(g, x, sigma_min=SMIN, sigma_max=SMAX, rtol=1e-11, atol=1e-11).x
     err = float((exact - ode).abs().max())
     assert err < 1e-8, f"closed-form Gaussian PF-ODE solution vs dopri5: {err:.3e}"
     # teleport to sigma_skip, then the ODE == the ODE from the start == the exact solution
     mid = teleport(g, x, SMAX, 1.3)
-    composed, _ = ode_adaptive(g, mid, 1.3, SMIN, rtol=1e-11, atol=1e-11)
+    composed = ode_adaptive(g, mid, sigma_min=SMIN, sigma_max=1.3, rtol=1e-11, atol=1e-11).x
     err2 = float((composed - exact).abs().max())
     assert err2 < 1e-8, f"teleport + ODE vs exact: {err2:.3e}"
 
@@ -255,7 +257,7 @@ def test_teleport_matches_tight_ode_solve() -> None:
 def test_with_teleport_is_exact_where_it_skips(fn) -> None:
     g = gaussian_3d()
     x = g.sample(16, sigma=SMAX, generator=torch.Generator().manual_seed(10))
-    grid = sigmas_karras(41, SMIN, SMAX)[:-1]
+    grid = sigmas_karras(41, sigma_min=SMIN, sigma_max=SMAX)[:-1]
     exact = teleport(g, x, SMAX, SMIN)
     j = int((grid <= 1.0).nonzero()[0])
     tel = with_teleport(fn, g, 1.0)(g, x, grid)
@@ -274,7 +276,7 @@ def test_with_teleport_saves_exactly_the_skipped_nfe(fn, per_step) -> None:
     gm = mixture_2d()
     gauss = Gaussian.fit(gm.sample(4000, generator=torch.Generator().manual_seed(11)))
     x = gm.sample(8, sigma=SMAX, generator=torch.Generator().manual_seed(12))
-    grid = sigmas_karras(20, SMIN, SMAX)  # 20 levels + 0
+    grid = sigmas_karras(20, sigma_min=SMIN, sigma_max=SMAX)  # 20 levels + 0
     seen: list[dict] = []
     full, tel = CountNFE(gm), CountNFE(gm)
     out_full = fn(full, x, grid, seeds=list(range(8)))
@@ -289,7 +291,7 @@ def test_with_teleport_saves_exactly_the_skipped_nfe(fn, per_step) -> None:
 def test_with_teleport_edge_cases() -> None:
     g = gaussian_3d()
     x = g.sample(4, sigma=SMAX, generator=torch.Generator().manual_seed(13))
-    grid = sigmas_karras(10, SMIN, SMAX)
+    grid = sigmas_karras(10, sigma_min=SMIN, sigma_max=SMAX)
     assert torch.equal(with_teleport(euler, g, 100.0)(g, x, grid), euler(g, x, grid))  # nothing skipped
     all_out = with_teleport(euler, g, 0.0)(g, x, grid)  # everything skipped: the exact end point
     assert torch.allclose(all_out, teleport(g, x, SMAX, 0.0), atol=1e-14)
@@ -341,7 +343,7 @@ STOCHASTIC = [
 @pytest.mark.parametrize("name,fn,opts,grid", STOCHASTIC, ids=[s[0] for s in STOCHASTIC])
 def test_same_seed_same_sample_any_batch(name, fn, opts, grid) -> None:
     gm = mixture_2d()
-    sig = sigmas_karras(12, 0.05, SMAX) if grid == "karras" else sigmas_geometric(6, SMAX, 0.05)
+    sig = sigmas_karras(12, sigma_min=0.05, sigma_max=SMAX) if grid == "karras" else sigmas_geometric(6, sigma_min=0.05, sigma_max=SMAX)
     seeds = list(range(1000, 1064))
     x = SMAX * noise(seeds, (2,), "cpu", F64)  # step 0: the initial state
     batch = fn(gm, x, sig, seeds=seeds, **opts)
@@ -368,7 +370,7 @@ def test_stochastic_samplers_sample_the_gaussian(name, fn, opts, n_steps, tol) -
     cov = g.covariance()[0]
     errs = []
     for steps in (n_steps // 4, n_steps):
-        out = fn(g, x, sigmas_karras(steps, 0.002, 10.0), seeds=list(range(n)), **opts)
+        out = fn(g, x, sigmas_karras(steps, sigma_min=0.002, sigma_max=10.0), seeds=list(range(n)), **opts)
         errs.append(float(((torch.cov(out.T) - cov) / cov).diagonal().abs().max()))
     mean_err = float((out.mean(0) - g.mean).abs().max())
     assert errs[1] < tol and mean_err < 0.05, f"{name}: covariance relative error {errs[1]:.3f}, mean error {mean_err:.3f}"
@@ -378,13 +380,10 @@ def test_stochastic_samplers_sample_the_gaussian(name, fn, opts, n_steps, tol) -
 # --------------------------------------------------------------------------- bad input and NaN
 
 
-GRID_SAMPLERS = ["euler", "heun", "dpmpp_2m", "unipc", "euler_maruyama", "annealed_langevin", "ode_adaptive", "unconditional_ode"]
-
-
-@pytest.mark.parametrize("name", GRID_SAMPLERS)
+@pytest.mark.parametrize("name", [*SAMPLERS, *FIELD_SAMPLERS])
 def test_bad_grids_and_seeds(name: str) -> None:
-    fn = SAMPLERS[name]
-    gm = mixture_2d() if name != "unconditional_ode" else (lambda y: -y)  # that one takes a sigma-free field
+    fn = {**SAMPLERS, **FIELD_SAMPLERS}[name]
+    gm = mixture_2d() if name in SAMPLERS else (lambda y: -y)  # FIELD_SAMPLERS take a sigma-free field
     x = torch.zeros(4, 2, dtype=F64)
     cases = [
         (torch.tensor([1.0, 2.0, 0.5], dtype=F64), "strictly descending"),
@@ -429,12 +428,12 @@ def test_nan_mid_run_names_step_and_sigma(name: str) -> None:
     den = NaNBelow(1.0)
     x = SMAX * torch.randn(4, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
     if name == "annealed_langevin":
-        grid = sigmas_geometric(8, SMAX, 0.1)
+        grid = sigmas_geometric(8, sigma_min=0.1, sigma_max=SMAX)
         level = int((grid < 1.0).nonzero()[0])
         step, s_from = level * 2, float(grid[level])
         opts = dict(n_steps_each=2, step_lr=1e-3, seeds=[0, 1, 2, 3])
     else:
-        grid = sigmas_karras(10, 0.1, SMAX)
+        grid = sigmas_karras(10, sigma_min=0.1, sigma_max=SMAX)
         first = int((grid < 1.0).nonzero()[0])  # first grid point where D is NaN
         step = first if name in ("euler", "dpmpp_2m", "euler_maruyama") else first - 1
         s_from = float(grid[step])
@@ -455,7 +454,7 @@ def test_nan_detection_without_host_sync(monkeypatch) -> None:
         self._eager = False
 
     monkeypatch.setattr(common.Run, "__init__", deferred)
-    grid = sigmas_karras(10, 0.1, SMAX)
+    grid = sigmas_karras(10, sigma_min=0.1, sigma_max=SMAX)
     first = int((grid < 1.0).nonzero()[0])
     x = SMAX * torch.randn(4, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
     with pytest.raises(SamplerDivergence, match=f"step {first} \\(sigma {float(grid[first]):.6g} ->"):
@@ -468,8 +467,8 @@ def test_nan_in_adaptive_and_unconditional() -> None:
     den = NaNBelow(1.0)
     x = SMAX * torch.randn(4, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
     with pytest.raises(SamplerDivergence, match="non-finite derivative at sigma 0.9"):
-        ode_adaptive(den, x, SMAX, 0.5)  # D is NaN below 1: the first bad sigma the solver tries is just below 1
-    grid = sigmas_karras(10, 0.1, SMAX)
+        ode_adaptive(den, x, sigma_min=0.5, sigma_max=SMAX)  # D is NaN below 1: the first bad sigma the solver tries is just below 1
+    grid = sigmas_karras(10, sigma_min=0.1, sigma_max=SMAX)
     with pytest.raises(SamplerDivergence, match=f"step 2 \\(sigma {float(grid[2]):.6g} ->"):
         unconditional_ode(den, x, grid)
 
@@ -481,19 +480,14 @@ def test_every_registered_sampler_runs_and_counts_nfe() -> None:
     gm = mixture_2d()
     x = gm.sample(16, sigma=SMAX, generator=torch.Generator().manual_seed(14))
     n = 12
-    grid0 = sigmas_karras(n, 0.02, SMAX)  # n levels + 0: n steps
-    expected_nfe = {"euler": n, "heun": 2 * n - 1, "dpmpp_2m": n, "unipc": n, "euler_maruyama": n}
+    grid0 = sigmas_karras(n, sigma_min=0.02, sigma_max=SMAX)  # n levels + 0: n steps
+    expected_nfe = {"euler": n, "heun": 2 * n - 1, "dpmpp_2m": n, "unipc": n, "euler_maruyama": n,
+                    "annealed_langevin": 5 * n + 1}  # 5 Langevin steps per level, then the denoising step
     for name, fn in SAMPLERS.items():
         counted = CountNFE(gm)
-        if name == "annealed_langevin":
-            out = fn(counted, x, sigmas_geometric(5, SMAX, 0.05), n_steps_each=3, seeds=list(range(16)))
-            assert counted.nfe == 5 * 3 + 1
-        elif name == "unconditional_ode":
-            continue  # needs a sigma-free field; tested below
-        else:
-            out = fn(counted, x, grid0, seeds=list(range(16)))
-            if name in expected_nfe:
-                assert counted.nfe == expected_nfe[name], f"{name}: {counted.nfe} NFE, expected {expected_nfe[name]}"
+        out = fn(counted, x, grid0, seeds=list(range(16)))
+        if name in expected_nfe:
+            assert counted.nfe == expected_nfe[name], f"{name}: {counted.nfe} NFE, expected {expected_nfe[name]}"
         assert out.shape == x.shape and out.dtype == x.dtype and torch.isfinite(out).all(), name
         # samples end near the data: their mean log density is far above that of the initial noise
         assert float(gm.log_prob(out, 0.02).mean()) > float(gm.log_prob(x, 0.02).mean()) + 5, name
@@ -503,14 +497,14 @@ def test_float32_state_stays_float32() -> None:
     gm = mixture_2d(torch.float32)
     x = gm.sample(8, sigma=SMAX, generator=torch.Generator().manual_seed(15))
     for fn in (euler, heun, dpmpp_2m, unipc, euler_maruyama):
-        out = fn(gm, x, sigmas_karras(10, 0.02, SMAX), seeds=list(range(8)))
+        out = fn(gm, x, sigmas_karras(10, sigma_min=0.02, sigma_max=SMAX), seeds=list(range(8)))
         assert out.dtype == torch.float32 and torch.isfinite(out).all(), fn.__name__
 
 
 def test_callback_and_progress(capsys) -> None:
     gm = mixture_2d()
     x = gm.sample(4, sigma=SMAX, generator=torch.Generator().manual_seed(16))
-    grid = sigmas_karras(6, 0.1, SMAX)
+    grid = sigmas_karras(6, sigma_min=0.1, sigma_max=SMAX)
     seen: list[dict] = []
     out = dpmpp_2m(gm, x, grid, callback=seen.append, progress=True)
     assert [s["i"] for s in seen] == list(range(6))
@@ -550,7 +544,7 @@ def test_unconditional_ode_uses_the_models_noise_estimate() -> None:
     z = torch.randn(4, d, generator=torch.Generator().manual_seed(17), dtype=F64)
     rho = 2.0  # the state is at noise level 2, the schedule says 5
     x = x0 + rho * math.sqrt(d) * z / z.norm(dim=1, keepdim=True)
-    grid = sigmas_karras(10, 0.05, SMAX)
+    grid = sigmas_karras(10, sigma_min=0.05, sigma_max=SMAX)
     seen: list[dict] = []
     out = unconditional_ode(PointField(x0), x, grid, callback=seen.append)
     assert float((out - x0).abs().max()) < 1e-12, "the denoised estimate of a single point is the point"
@@ -570,7 +564,7 @@ def test_unconditional_ode_uses_the_models_noise_estimate() -> None:
 def test_field_samplers_refuse_a_denoiser() -> None:
     x = torch.zeros(2, 2, dtype=F64)
     with pytest.raises(ValueError, match="sigma-free field"):
-        unconditional_ode(mixture_2d(), x, sigmas_karras(4, 0.1, 1.0))
+        unconditional_ode(mixture_2d(), x, sigmas_karras(4, sigma_min=0.1, sigma_max=1.0))
     with pytest.raises(ValueError, match="sigma-free field"):
         autonomous(lambda y, s: y, x, 1.0, n_steps=2)
 
@@ -580,10 +574,10 @@ def test_unconditional_ode_on_noise_agnostic_model() -> None:
 
     d = 8  # in d = 2 the unconditional optimum's level weights sigma^(2-d) do not select a level
     data = torch.randn(30, d, generator=torch.Generator().manual_seed(18), dtype=F64)
-    model = CountNFE(NoiseAgnostic(data, levels=sigmas_geometric(10, 3.0, 0.05), conditioning="unconditional"))
+    model = CountNFE(NoiseAgnostic(data, levels=sigmas_geometric(10, sigma_min=0.05, sigma_max=3.0), conditioning="unconditional"))
     g = torch.Generator().manual_seed(19)
     x = data[torch.randint(0, 30, (32,), generator=g)] + 3.0 * torch.randn(32, d, generator=g, dtype=F64)
-    grid = sigmas_karras(20, 0.05, 3.0)
+    grid = sigmas_karras(20, sigma_min=0.05, sigma_max=3.0)
     seen: list[dict] = []
     out = unconditional_ode(model, x, grid, callback=seen.append)
     assert model.nfe == 20 and torch.isfinite(out).all()
@@ -602,7 +596,7 @@ def test_unconditional_ode_on_noise_agnostic_model() -> None:
 
 def test_karras_grid_matches_formula_and_kdiffusion_float32() -> None:
     n, lo, hi, rho = 18, 0.002, 80.0, 7.0
-    s = sigmas_karras(n, lo, hi, rho)
+    s = sigmas_karras(n, sigma_min=lo, sigma_max=hi, rho=rho)
     i = np.arange(n)
     closed = (hi ** (1 / rho) + i / (n - 1) * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
     assert s.dtype == F64 and s.shape == (n + 1,) and float(s[-1]) == 0.0
@@ -615,14 +609,14 @@ def test_karras_grid_matches_formula_and_kdiffusion_float32() -> None:
 
 
 def test_geometric_and_loglinear_grids() -> None:
-    g = sigmas_geometric(11, 50.0, 0.01)
+    g = sigmas_geometric(11, sigma_min=0.01, sigma_max=50.0)
     assert g.shape == (11,) and float(g[0]) == 50.0 and float(g[-1]) == 0.01
     ratios = (g[:-1] / g[1:]).numpy()
     assert np.allclose(ratios, 5000 ** 0.1, rtol=1e-13), ratios
-    ll = sigmas_loglinear(11, 0.01, 50.0)
+    ll = sigmas_loglinear(11, sigma_min=0.01, sigma_max=50.0)
     assert float(ll[-1]) == 0.0 and torch.equal(ll[:-1], g)
-    for bad in (lambda: sigmas_geometric(1, 2.0, 1.0), lambda: sigmas_geometric(5, 1.0, 2.0),
-                lambda: sigmas_karras(0, 0.1, 1.0), lambda: sigmas_karras(5, -0.1, 1.0)):
+    for bad in (lambda: sigmas_geometric(1, sigma_min=1.0, sigma_max=2.0), lambda: sigmas_geometric(5, sigma_min=2.0, sigma_max=1.0),
+                lambda: sigmas_karras(0, sigma_min=0.1, sigma_max=1.0), lambda: sigmas_karras(5, sigma_min=-0.1, sigma_max=1.0)):
         with pytest.raises(ValueError):
             bad()
 
@@ -650,11 +644,11 @@ def test_ncsn_techniques_solved() -> None:
     with pytest.raises(ValueError, match="no solution for data dimension 4"):
         ncsn_gamma(4)  # sqrt(2D) < 3: the overlap never falls below 0.997
     gamma, t, s_l = 1.05, 5, 0.01
-    eps = ncsn_step_lr(t, s_l, gamma)
+    eps = ncsn_step_lr(t, gamma, sigma_min=s_l)
     brute = np.logspace(-12, 0, 200001)[:-1] * s_l**2
-    vals = np.array([ncsn_variance_ratio(e, t, s_l, gamma) for e in brute[::50]])
+    vals = np.array([ncsn_variance_ratio(e, t, gamma, sigma_min=s_l) for e in brute[::50]])
     best = vals.min()
-    got = ncsn_variance_ratio(eps, t, s_l, gamma)
+    got = ncsn_variance_ratio(eps, t, gamma, sigma_min=s_l)
     assert 1 < got <= best + 1e-12, f"Technique 4: ratio {got!r} at eps {eps:.4g}, brute-force minimum {best!r}"
 
 
@@ -665,7 +659,7 @@ def test_ncsn_techniques_solved() -> None:
 )
 def test_ncsn_step_lr_reproduces_published_configs(dim, sigma_1, levels, t, published) -> None:
     ratio = (sigma_1 / 0.01) ** (1 / (levels - 1))
-    eps = ncsn_step_lr(t, 0.01, ratio)
+    eps = ncsn_step_lr(t, ratio, sigma_min=0.01)
     assert abs(eps / published - 1) < 0.03, f"Technique 4 eps {eps:.4g} vs NCSNv2 config {published:.2g}"
     # the published level counts correspond to an overlap of 0.567 (stated as ~0.5 in the paper)
     assert abs(ncsn_overlap(ratio, dim) - 0.567) < 2e-3, ncsn_overlap(ratio, dim)
@@ -678,7 +672,7 @@ def test_ncsn_schedule_small_set() -> None:
     gamma = ncsn_gamma(6)
     ratio = (s_max / 0.02) ** (1 / (n_levels - 1))
     assert ratio <= gamma * (1 + 1e-12) < (s_max / 0.02) ** (1 / (n_levels - 2)), (ratio, gamma, n_levels)
-    assert step_lr == ncsn_step_lr(4, 0.02, ratio)
+    assert step_lr == ncsn_step_lr(4, ratio, sigma_min=0.02)
     with pytest.raises(ValueError, match="sigma_min"):
         ncsn_schedule(data, 4, sigma_min=1e6)
 
@@ -693,4 +687,17 @@ def test_heun_churn_window_is_validated(opts: dict, match: str) -> None:
     g = Gaussian(torch.zeros(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64))
     x = torch.zeros(3, 2, dtype=torch.float64)
     with pytest.raises(ValueError, match=match):
-        heun(g, x, sigmas_karras(4, 0.1, 5.0), seeds=[0, 1, 2], **opts)
+        heun(g, x, sigmas_karras(4, sigma_min=0.1, sigma_max=5.0), seeds=[0, 1, 2], **opts)
+
+
+def test_annealed_langevin_trailing_zero_means_the_final_denoising_step() -> None:
+    gm = mixture_2d()
+    x = gm.sample(6, sigma=SMAX, generator=torch.Generator().manual_seed(31))
+    levels = sigmas_geometric(5, sigma_min=0.05, sigma_max=SMAX)
+    with_zero = annealed_langevin(gm, x, torch.cat([levels, levels.new_zeros(1)]), n_steps_each=3, seeds=list(range(6)))
+    without = annealed_langevin(gm, x, levels, n_steps_each=3, seeds=list(range(6)), denoise=True)
+    assert torch.equal(with_zero, without), float((with_zero - without).abs().max())
+    with pytest.raises(ValueError, match="denoise=False"):
+        annealed_langevin(gm, x, torch.cat([levels, levels.new_zeros(1)]), denoise=False)
+    with pytest.raises(ValueError, match="two positive levels"):
+        annealed_langevin(gm, x, torch.tensor([1.0, 0.0], dtype=F64))

@@ -15,7 +15,7 @@ import torch
 
 from scoredyn.analytic import Empirical, NoiseAgnostic
 from scoredyn.nets import MLP, UNet, precondition
-from scoredyn.train import EMA, SigmaDist, denoising_loss, ema_decay_at, fit, load
+from scoredyn.train import EMA, SigmaDist, TrainConfig, denoising_loss, ema_decay_at, fit, load
 
 D64 = torch.float64
 # Five points in the plane: a square and an off-centre point (a tiny data set with a known optimum).
@@ -76,11 +76,11 @@ def test_noise_agnostic_net_approaches_analytic_optimum(conditioning: str, sigma
     x, sig = _probes(sigma_min, sigma_max)
     if sigma_dist == "geometric":
         levels = torch.exp(torch.linspace(math.log(sigma_max), math.log(sigma_min), n_levels, dtype=D64))
-        optimum = NoiseAgnostic(TINY.double(), sigma_min, sigma_max, conditioning, levels=levels)
+        optimum = NoiseAgnostic(TINY.double(), sigma_min=sigma_min, sigma_max=sigma_max, conditioning=conditioning, levels=levels)
         quad, log_pi = levels, torch.full((n_levels,), -math.log(n_levels), dtype=D64)
         kw: dict = {"levels": n_levels}
     else:
-        optimum = NoiseAgnostic(TINY.double(), sigma_min, sigma_max, conditioning)
+        optimum = NoiseAgnostic(TINY.double(), sigma_min=sigma_min, sigma_max=sigma_max, conditioning=conditioning)
         quad, log_pi = _log_uniform_rule(sigma_min, sigma_max, 96)
         kw = {}
     w = torch.ones_like(sig) if conditioning == "multiplicative" else sig**2
@@ -93,8 +93,8 @@ def test_noise_agnostic_net_approaches_analytic_optimum(conditioning: str, sigma
     torch.manual_seed(0)
     model = precondition(MLP(2, hidden=64, depth=3), conditioning)
     untrained = _rel(model.field(x.float()).double().detach(), f_star, w)
-    ema = fit(model, TINY.repeat(300, 1), steps=steps, batch_size=batch, lr=3e-3, sigma_dist=sigma_dist,
-              sigma_min=sigma_min, sigma_max=sigma_max, progress=False, **kw)
+    ema = fit(model, TINY.repeat(300, 1), TrainConfig(steps=steps, batch_size=batch, lr=3e-3, sigma_dist=sigma_dist,
+                                                      sigma_min=sigma_min, sigma_max=sigma_max, **kw), progress=False)
     with torch.no_grad():
         err = _rel(ema.field(x.float()).double(), f_star, w)
     msg = f"{conditioning}: rel. error {err:.4f} (untrained {untrained:.3f}, other weighting's optimum {other:.3f})"
@@ -122,8 +122,8 @@ def test_edm_net_approaches_empirical_denoiser() -> None:
         return _rel((d - c_skip * x) / c_out, f_star, torch.ones_like(sig))
 
     untrained = error(model)
-    ema = fit(model, TINY.repeat(300, 1), steps=2000, batch_size=256, lr=3e-3, sigma_dist="lognormal",
-              sigma_min=0.002, sigma_max=80.0, progress=False)
+    ema = fit(model, TINY.repeat(300, 1), TrainConfig(steps=2000, batch_size=256, lr=3e-3, sigma_dist="lognormal",
+                                                      sigma_min=0.002, sigma_max=80.0), progress=False)
     err = error(ema)
     print(f"EDM: rel. error of F {err:.4f} (untrained {untrained:.3f})")
     assert err < 0.15 and untrained > 0.9, f"EDM: rel. error of F {err:.4f} (untrained {untrained:.3f})"
@@ -161,14 +161,14 @@ def test_loss_closed_forms(conditioning: str) -> None:
 def test_sigma_distributions() -> None:
     g = torch.Generator().manual_seed(0)
     n = 200_000
-    lu = SigmaDist("loguniform", 0.01, 10.0).sample(n, g)
+    lu = SigmaDist("loguniform", sigma_min=0.01, sigma_max=10.0).sample(n, g)
     u = (lu.log() - math.log(0.01)) / math.log(1000.0)
     ks = float((torch.sort(u).values - (torch.arange(n, dtype=D64) + 0.5) / n).abs().max())
     assert ks < 1.63 / math.sqrt(n) and float(lu.min()) >= 0.01 and float(lu.max()) <= 10.0, f"loguniform KS {ks:.4g}"
-    ln = SigmaDist("lognormal", 0.002, 80.0).sample(n, g).log()
+    ln = SigmaDist("lognormal", sigma_min=0.002, sigma_max=80.0).sample(n, g).log()
     m, s = float(ln.mean()), float(ln.std())
     assert abs(m + 1.2) < 5 * 1.2 / math.sqrt(n) and abs(s - 1.2) < 0.01, f"lognormal log-mean {m:.4f}, log-std {s:.4f}"
-    geo = SigmaDist("geometric", 0.01, 1.0, levels=5)
+    geo = SigmaDist("geometric", sigma_min=0.01, sigma_max=1.0, levels=5)
     levels = geo.levels
     assert levels is not None and torch.allclose(levels, torch.tensor([1.0, 10**-0.5, 0.1, 10**-1.5, 0.01], dtype=D64))
     draws = geo.sample(n, g)
@@ -222,12 +222,12 @@ def test_moons_multiplicative_mlp_samples_match_held_out_data() -> None:
     def sample(m: torch.nn.Module) -> torch.Tensor:
         x = sigma_max * noise(range(500), (2,))
         with torch.no_grad():
-            return annealed_langevin(m, x, sigmas_geometric(20, sigma_max, sigma_min), seeds=range(500),
+            return annealed_langevin(m, x, sigmas_geometric(20, sigma_min=sigma_min, sigma_max=sigma_max), seeds=range(500),
                                      n_steps_each=5, step_lr=0.3 * sigma_min**2)
 
     sw_untrained = _sliced_w2(sample(model), test)
-    ema = fit(model, train, steps=1500, batch_size=256, lr=3e-3, sigma_dist="loguniform", sigma_min=sigma_min,
-              sigma_max=sigma_max, progress=False)
+    ema = fit(model, train, TrainConfig(steps=1500, batch_size=256, lr=3e-3, sigma_dist="loguniform", sigma_min=sigma_min,
+                                        sigma_max=sigma_max), progress=False)
     sw = _sliced_w2(sample(ema), test)
     gauss = torch.distributions.MultivariateNormal(train.mean(0).double(), torch.cov(train.T.double()))
     torch.manual_seed(1)
@@ -246,8 +246,8 @@ def test_moons_multiplicative_mlp_samples_match_held_out_data() -> None:
 def _tiny_run(out: Path, steps: int = 20, **kw: object) -> torch.nn.Module:
     torch.manual_seed(0)
     model = precondition(MLP(2, hidden=16, depth=2), "multiplicative")
-    return fit(model, TINY.repeat(4, 1), steps=steps, batch_size=8, lr=1e-3, sigma_dist="loguniform",
-               sigma_min=0.05, sigma_max=3.0, out=out, ckpt_every=10, log_every=5, progress=False, **kw)
+    return fit(model, TINY.repeat(4, 1), TrainConfig(steps=steps, batch_size=8, lr=1e-3, sigma_dist="loguniform", sigma_min=0.05,
+                                                     sigma_max=3.0, ckpt_every=10, log_every=5), out=out, progress=False, **kw)
 
 
 def test_checkpoint_layout_and_load(tmp_path: Path) -> None:
@@ -332,7 +332,7 @@ def test_checkpoint_bad_input(tmp_path: Path) -> None:
 
 def test_fit_bad_input(tmp_path: Path) -> None:
     model = precondition(MLP(2, hidden=8, depth=1), "multiplicative")
-    ok = dict(steps=2, batch_size=4, lr=1e-3, sigma_dist="loguniform", sigma_min=0.1, sigma_max=1.0, progress=False)
+    ok = dict(steps=2, batch_size=4, lr=1e-3, sigma_dist="loguniform", sigma_min=0.1, sigma_max=1.0)
     nan_data = TINY.clone()
     nan_data[2, 1] = float("nan")
     cases = [
@@ -351,11 +351,13 @@ def test_fit_bad_input(tmp_path: Path) -> None:
         args = {**ok, **change}
         data = args.pop("data", TINY)
         with pytest.raises(ValueError, match=match):
-            fit(model, data, **args)  # type: ignore[arg-type]
+            fit(model, data, TrainConfig(**args), progress=False)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="multiplicative, unconditional, edm"):
-        fit({"net": "MLP", "net_kwargs": {"dim": 2}, "conditioning": "ncsn"}, TINY, **ok)  # type: ignore[arg-type]
+        fit({"net": "MLP", "net_kwargs": {"dim": 2}, "conditioning": "ncsn"}, TINY, TrainConfig(**ok))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="denoiser from scoredyn.nets.precondition"):
-        fit(MLP(2), TINY, **ok)  # type: ignore[arg-type]
+        fit(MLP(2), TINY, TrainConfig(**ok))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="TrainConfig"):
+        fit(model, TINY, ok)  # type: ignore[arg-type]
 
 
 def test_fit_from_spec_trains_a_unet(tmp_path: Path) -> None:
@@ -363,8 +365,24 @@ def test_fit_from_spec_trains_a_unet(tmp_path: Path) -> None:
     imgs = torch.randn(16, 1, 8, 8).clamp(-1, 1)
     spec = {"net": "UNet", "net_kwargs": {"channels": 1, "base": 8, "channel_mult": [1, 2], "num_blocks": 1},
             "conditioning": "edm"}
-    ema = fit(spec, imgs, steps=3, batch_size=4, lr=1e-3, sigma_dist="lognormal", sigma_min=0.002, sigma_max=80.0,
+    ema = fit(spec, imgs, TrainConfig(steps=3, batch_size=4, lr=1e-3, sigma_dist="lognormal", sigma_min=0.002, sigma_max=80.0),
               out=tmp_path, progress=False)
     assert isinstance(ema.net, UNet) and ema.net.cond
     x = torch.randn(2, 1, 8, 8)
     assert torch.equal(load(tmp_path)(x, 1.0), ema(x, 1.0))
+
+
+def test_train_config_round_trip_and_differences() -> None:
+    c = TrainConfig(steps=3, batch_size=4, lr=1e-3, sigma_dist="geometric", sigma_min=0.1, sigma_max=1.0,
+                    levels=(1.0, 0.5, 0.1), betas=[0.8, 0.99])
+    d = json.loads(json.dumps(c.as_dict()))
+    assert TrainConfig.from_dict(d) == c and d["levels"] == [1.0, 0.5, 0.1] and c.betas == (0.8, 0.99)
+    assert c.differences(c.replace(lr=2e-3, seed=4, steps=9)) == {"lr": (1e-3, 2e-3), "seed": (0, 4)}  # steps may change
+    with pytest.raises(ValueError, match=r"unknown TrainConfig field\(s\) \['lr_max'\]"):
+        TrainConfig.from_dict({**d, "lr_max": 1.0})
+    with pytest.raises(ValueError, match=r"sigma_min \(2\) must not exceed sigma_max \(1\)"):
+        c.replace(sigma_min=2.0)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got batch_size=0"):
+        c.replace(batch_size=0)
+    with pytest.raises(TypeError):
+        TrainConfig(3, 4, 1e-3, "loguniform", 0.1, 1.0)  # type: ignore[misc]  # keyword-only

@@ -16,12 +16,12 @@ import torch
 from safetensors.torch import load_file
 
 from scoredyn.nets import MLP, precondition
-from scoredyn.train import fit
+from scoredyn.train import TrainConfig, fit
 
 N = 40
 DATA_EXPR = "torch.randn(64, 2, generator=torch.Generator().manual_seed(5)) * torch.tensor([1.0, 0.5])"
 ARGS = dict(steps=N, batch_size=16, lr=2e-3, sigma_dist="loguniform", sigma_min=0.02, sigma_max=3.0, warmup=10,
-            ema_decay=0.99, seed=3, ckpt_every=N // 2, log_every=5, progress=False)
+            ema_decay=0.99, seed=3, ckpt_every=N // 2, log_every=5)
 
 SCRIPT = textwrap.dedent(
     f"""
@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent(
     from pathlib import Path
     import torch
     from scoredyn.nets import MLP, precondition
-    from scoredyn.train import fit
+    from scoredyn.train import TrainConfig, fit
 
     torch.set_num_threads(1)
     out = Path(sys.argv[1])
@@ -41,7 +41,7 @@ SCRIPT = textwrap.dedent(
 
     torch.manual_seed(0)
     model = precondition(MLP(2, hidden=32, depth=2), "multiplicative")
-    fit(model, {DATA_EXPR}, out=out, on_checkpoint=hold, **{ARGS!r})
+    fit(model, {DATA_EXPR}, TrainConfig(**{ARGS!r}), out=out, on_checkpoint=hold, progress=False)
     """
 )
 
@@ -60,7 +60,9 @@ def _fit(out: Path, **kw: object) -> tuple[torch.nn.Module, torch.nn.Module]:
     torch.set_num_threads(1)  # the same reduction order as the subprocess
     try:
         model = _model()
-        ema = fit(model, _data(), out=out, **{**ARGS, **kw})  # type: ignore[arg-type]
+        resume, overwrite = bool(kw.pop("resume", True)), bool(kw.pop("overwrite", False))
+        ema = fit(model, _data(), TrainConfig(**{**ARGS, **kw}), out=out, resume=resume, overwrite=overwrite,
+                  progress=False)  # type: ignore[arg-type]
     finally:
         torch.set_num_threads(threads)
     return model, ema
@@ -111,14 +113,19 @@ def test_resume_refuses_changed_arguments_and_can_restart(tmp_path: Path) -> Non
         _fit(tmp_path, steps=20, batch_size=8)
     with pytest.raises(ValueError, match="cannot resume"):
         torch.manual_seed(0)
-        fit(precondition(MLP(2, hidden=16, depth=2), "multiplicative"), _data(), out=tmp_path,  # type: ignore[arg-type]
-            **{**ARGS, "steps": 20})
-    # a finished run resumes as a no-op; resume=False starts over and gives the same result
+        fit(precondition(MLP(2, hidden=16, depth=2), "multiplicative"), _data(), TrainConfig(**{**ARGS, "steps": 20}),
+            out=tmp_path, progress=False)
+    # a finished run resumes as a no-op; resume=False refuses to start over without overwrite
     done_model, done_ema = _fit(tmp_path, steps=10, ckpt_every=5)
-    fresh_model, fresh_ema = _fit(tmp_path, steps=10, ckpt_every=5, resume=False)
+    with pytest.raises(ValueError, match="is not empty.*pass overwrite"):
+        _fit(tmp_path, steps=10, ckpt_every=5, resume=False)
+    with pytest.warns(UserWarning, match="moved the earlier run"):
+        fresh_model, fresh_ema = _fit(tmp_path, steps=10, ckpt_every=5, resume=False, overwrite=True)
     x = torch.randn(7, 2)
     assert torch.equal(done_ema(x, 0.5), fresh_ema(x, 0.5))
-    # starting over with fewer steps removes the abandoned run's later checkpoints
-    _fit(tmp_path, steps=5, ckpt_every=5, resume=False)
+    # starting over with fewer steps moves the abandoned run aside (nothing is deleted)
+    with pytest.warns(UserWarning, match="moved the earlier run"):
+        _fit(tmp_path, steps=5, ckpt_every=5, resume=False, overwrite=True)
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step-000000005"]
     assert (tmp_path / "latest").read_text().strip() == "ckpt/step-000000005"
+    assert sorted(p.name for p in (tmp_path / "previous-2" / "ckpt").iterdir()) == ["step-000000005", "step-000000010"]

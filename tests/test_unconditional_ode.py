@@ -17,11 +17,11 @@ F64 = torch.float64
 def test_nearest_neighbour_estimate_corrects_lag_in_high_dimension() -> None:
     d, smin, smax = 64, 0.01, 9.16
     point = torch.zeros(1, d, dtype=F64)
-    model = NoiseAgnostic(point, conditioning="unconditional", levels=sigmas_geometric(20, smax, smin))
+    model = NoiseAgnostic(point, conditioning="unconditional", levels=sigmas_geometric(20, sigma_min=smin, sigma_max=smax))
     g = torch.Generator().manual_seed(3)
     z = torch.randn(8, d, generator=g, dtype=F64)
     x = 1.3 * smax * math.sqrt(d) * z / z.norm(dim=1, keepdim=True)  # r0^2 > (d - 2) smax^2: the lagging case
-    grid = sigmas_karras(30, smin, smax)
+    grid = sigmas_karras(30, sigma_min=smin, sigma_max=smax)
     tol = 2 * smin * math.sqrt(d)
     r_plain = float(euler(model, x, grid).norm(dim=1).median())
     r_norm = float(unconditional_ode(model, x, grid).norm(dim=1).median())

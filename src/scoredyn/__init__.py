@@ -5,4 +5,4 @@ Sub-packages: ``analytic`` (exact scores), ``data``, ``sample`` (samplers), ``ne
 reproductions), ``plot``. See DESIGN.md for the conventions (VE, denoiser ``D(x, sigma)``).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor
@@ -26,6 +26,19 @@ def check_finite(name: str, t: Tensor) -> Tensor:
                 f"{name} contains {n} NaN/Inf value(s) out of {t.numel()}; expected finite values"
             )
     return t
+
+
+def check_state(name: str, x: Tensor) -> Tensor:
+    """A batch of states ``(B, *shape)``: floating point, at least 2-D, non-empty, finite."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape (B, *data_shape), got {type(x).__name__}")
+    if x.dim() < 2 or x.shape[0] < 1 or x[0].numel() == 0:
+        raise ValueError(
+            f"{name} has shape {tuple(x.shape)}; expected (B, *data_shape) with B >= 1 and a non-empty data shape"
+        )
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be floating point, got dtype {x.dtype}")
+    return check_finite(name, x)
 
 
 def check_data(name: str, data: Tensor, min_points: int = 1) -> Tensor:
@@ -104,6 +117,37 @@ def check_positive(name: str, value: float, allow_zero: bool = False) -> float:
     if (v < 0) if allow_zero else (v <= 0):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
     return v
+
+
+def check_count(name: str, n: object, least: int = 1, none: Optional[str] = None) -> Any:
+    """An integer ``>= least`` (a bool, a non-integral value or a smaller one is refused); with ``none``
+    (what ``None`` means, e.g. "automatic") ``None`` is accepted and returned."""
+    if n is None and none is not None:
+        return None
+    try:
+        ok = not isinstance(n, bool) and int(n) == n and int(n) >= least  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        what = "a positive integer" if least == 1 else ("a non-negative integer" if least == 0 else f"an integer >= {least}")
+        raise ValueError(f"{name} must be {what}{f' or None ({none})' if none else ''}, got {name}={n!r}")
+    return int(n)  # type: ignore[call-overload]
+
+
+def check_range(
+    sigma_min: float, sigma_max: float, *, allow_equal: bool = False, allow_zero: bool = False,
+    names: tuple[str, str] = ("sigma_min", "sigma_max"),
+) -> tuple[float, float]:
+    """A noise range ``0 < sigma_min < sigma_max`` (``<=`` with ``allow_equal``; ``sigma_min = 0`` with
+    ``allow_zero``), each bound named as the caller passed it; returns ``(sigma_min, sigma_max)`` as floats."""
+    lo = check_positive(names[0], sigma_min, allow_zero=allow_zero)
+    hi = check_positive(names[1], sigma_max)
+    if not (lo <= hi if allow_equal else lo < hi):
+        raise ValueError(
+            f"{names[0]} ({lo:.6g}) must {'not exceed' if allow_equal else 'be below'} {names[1]} ({hi:.6g}); "
+            f"the noise range is given as {names[0]}=..., {names[1]}=..."
+        )
+    return lo, hi
 
 
 def bcast(v: Tensor, x: Tensor) -> Tensor:

@@ -112,8 +112,8 @@ def build_model(args: argparse.Namespace, shard: Any, device: torch.device, grou
         if args.levels is not None:
             from ..sample import sigmas_geometric
 
-            levels = sigmas_geometric(args.levels, args.sigma_max, args.sigma_min)
-        return NoiseAgnostic(shard, args.sigma_min, args.sigma_max, conditioning=args.conditioning, levels=levels,
+            levels = sigmas_geometric(args.levels, sigma_min=args.sigma_min, sigma_max=args.sigma_max)
+        return NoiseAgnostic(shard, sigma_min=args.sigma_min, sigma_max=args.sigma_max, conditioning=args.conditioning, levels=levels,
                              chunk_size=args.chunk_size, group=group, device=device)
     if group is not None:
         raise ValueError(f"--model {args.model} is fitted on the whole training set; run it on one process")
@@ -126,12 +126,12 @@ def build_model(args: argparse.Namespace, shard: Any, device: torch.device, grou
 def analytic_sample_main(args: argparse.Namespace) -> int:
     """``scoredyn analytic-sample``."""
     from ..plot import samples_picture
-    from ..sample import SAMPLERS, noise
-    from ..sample.grids import sigmas_for
+    from ..sample import FIELD_SAMPLERS, SAMPLERS, noise, sigma_grid
     from ..train.distributed import setup, teardown
 
-    if args.sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {args.sampler!r}; expected one of {', '.join(sorted(SAMPLERS))}")
+    registry = {**SAMPLERS, **FIELD_SAMPLERS}
+    if args.sampler not in registry:
+        raise ValueError(f"unknown sampler {args.sampler!r}; expected one of {', '.join(sorted(registry))}")
     if args.n < 1 or args.batch_size < 1 or args.steps < 2:
         raise ValueError(f"--n and --batch-size must be >= 1 and --steps >= 2, got {args.n}, {args.batch_size}, {args.steps}")
     info = setup(None if args.device == "auto" else args.device)
@@ -140,7 +140,8 @@ def analytic_sample_main(args: argparse.Namespace) -> int:
         shard, n_points = _training_set(args, info.rank, info.world)
         model = build_model(args, shard, info.device, group)
         dtype = torch.float32 if getattr(shard, "dtype", np.float32) in (np.float32, torch.float32) else torch.float64
-        sigmas = sigmas_for(args.sampler, args.steps, args.sigma_min, args.sigma_max)
+        kind = "geometric" if args.sampler == "annealed_langevin" else "karras"  # NCSN's levels for NCSN's sampler
+        sigmas = sigma_grid(kind, args.steps, sigma_min=args.sigma_min, sigma_max=args.sigma_max)
         shape = tuple(model.data_shape)
         start = time.perf_counter()
         out = []
@@ -148,7 +149,7 @@ def analytic_sample_main(args: argparse.Namespace) -> int:
             seeds = list(range(args.seed + lo, args.seed + min(args.n, lo + args.batch_size)))
             x = float(sigmas[0]) * noise(seeds, shape, info.device, dtype)
             with torch.no_grad():
-                fn = SAMPLERS[args.sampler]
+                fn = registry[args.sampler]
                 out.append(fn(model, x, sigmas.to(info.device), seeds=seeds,
                               progress=info.is_main and not args.no_progress).cpu())
         seconds = time.perf_counter() - start

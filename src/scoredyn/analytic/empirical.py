@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import check_positive, on_host
+from .._checks import check_count, check_positive, on_host
 from .._dist import all_gather_topk
 from ._stream import TrainingSet, stream_logits, stream_topk
 from .base import AnalyticDenoiser
@@ -37,18 +37,51 @@ def check_chunk(chunk_size: Optional[int]) -> Optional[int]:
     """``None`` (automatic) or a positive int."""
     if chunk_size is None:
         return None
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int or None (automatic), got {chunk_size!r}")
-    return chunk_size
+    return check_count("chunk_size", chunk_size)
+
+
+def check_device(device: Optional[Union[str, torch.device]]) -> Optional[torch.device]:
+    """``None`` or a torch device that exists on this machine (a clear error instead of torch's assert)."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device={device!r} is not a torch device ({e}); expected e.g. 'cpu', 'cuda' or 'cuda:1'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} but CUDA is not available here (torch {torch.__version__}, built for "
+                             f"CUDA {torch.version.cuda}); use device='cpu' or a machine with a GPU")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
 
 
 def check_output(name: str, out: Tensor) -> Tensor:
-    """Refuse to return NaN/Inf: say which model overflowed and what to do."""
+    """Refuse to return NaN/Inf: say which model overflowed and what to do; and make reverse-mode
+    autograd through the streamed kernel fail with a clear error (see :func:`forward_mode_only`)."""
     if on_host(out) and not bool(torch.isfinite(out).all()):  # on accelerators the samplers check (no sync)
         raise ValueError(
             f"{name} produced NaN/Inf (sigma too small for {out.dtype} at these query norms: the logits "
             f"overflow); use float64 data or a larger sigma"
         )
+    return forward_mode_only(name, out)
+
+
+def forward_mode_only(name: str, out: Tensor) -> Tensor:
+    """Attach a hook to ``out`` that stops ``backward()`` with a clear message before torch's own
+    in-place error: the streamed kernels update their exponentials in place (fast, exact in forward
+    mode, not reverse-differentiable). A no-op when ``out`` does not require grad."""
+    if out.requires_grad and not torch._C._functorch.is_functorch_wrapped_tensor(out):
+
+        def refuse(grad: Tensor) -> Tensor:
+            raise RuntimeError(
+                f"{name} does not support reverse-mode autograd (backward/torch.autograd.grad): its streamed "
+                "kernel updates tensors in place. Use forward mode instead: scoredyn.dynamics.jacobian / "
+                "scoredyn.dynamics.jvp, or torch.func.jvp / torch.func.jacfwd"
+            )
+
+        out.register_hook(refuse)
     return out
 
 
@@ -75,7 +108,14 @@ class Empirical(AnalyticDenoiser):
     in; a second product accumulates ``sum w_i x_i`` and ``sum w_i``. In float32 the logits carry
     an absolute error of about ``eps * |x| |x_i| / (sigma^2 T)``, so the result is accurate to
     roughly that relative error (use float64 data for oracles at tiny sigma).
+
+    Derivatives in ``x``: forward mode (``torch.func.jvp``, ``jacfwd``, :func:`scoredyn.dynamics.jacobian`);
+    ``backward()`` through it raises a ``RuntimeError`` that says so (the kernel works in place).
     """
+
+    jacobian_mode = "jvp"
+    """The streamed kernel updates tensors in place (fast, but not reverse-differentiable):
+    :func:`scoredyn.dynamics.jacobian` uses forward mode for bound methods of this model."""
 
     def __init__(
         self,
@@ -88,7 +128,7 @@ class Empirical(AnalyticDenoiser):
         device: Optional[Union[str, torch.device]] = None,
     ) -> None:
         super().__init__()
-        self.trainset = TrainingSet(data, device, group)
+        self.trainset = TrainingSet(data, check_device(device), group)
         self.data_shape = self.trainset.data_shape
         self.n_points = self.trainset.n_points
         self.dim = self.trainset.dim
@@ -100,9 +140,7 @@ class Empirical(AnalyticDenoiser):
             except (TypeError, ValueError) as e:
                 raise ValueError(f"temperature must be a positive float or a callable of sigma: {e}") from None
         self.chunk_size = check_chunk(chunk_size)
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"top_k must be a positive int or None (all points), got {top_k!r}")
-        self.top_k = top_k
+        self.top_k = check_count("top_k", top_k, none="all points")
 
     def temperatures(self, sigma: Tensor) -> Tensor:
         """``T(sigma)`` as a validated ``(B,)`` tensor."""

@@ -56,10 +56,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import SigmaLike, bcast, check_positive, check_query
+from .._checks import SigmaLike, bcast, check_count, check_positive, check_query, check_range
 from ._stream import TrainingSet, log_floor, stream_pairs
 from .base import AnalyticDenoiser
-from .empirical import auto_chunk, check_chunk, check_output
+from .empirical import auto_chunk, check_chunk, check_device, check_output
 
 GL_ORDER = 8
 """Gauss-Legendre nodes per panel of the continuous quadrature."""
@@ -312,13 +312,13 @@ class NoiseAgnostic(AnalyticDenoiser):
     def __init__(
         self,
         data: Union[Tensor, np.ndarray],
+        *,
         sigma_min: Optional[float] = None,
         sigma_max: Optional[float] = None,
         conditioning: str = "multiplicative",
         levels: Union[Tensor, Sequence[float], None] = None,
         n_quad: Optional[int] = None,
         chunk_size: Optional[int] = None,
-        *,
         group: object = None,
         device: Optional[Union[str, torch.device]] = None,
     ) -> None:
@@ -326,7 +326,7 @@ class NoiseAgnostic(AnalyticDenoiser):
         if conditioning not in EXPONENTS:
             raise ValueError(f"conditioning must be one of {sorted(EXPONENTS)}, got {conditioning!r}")
         self.conditioning = conditioning
-        self.trainset = TrainingSet(data, device, group)
+        self.trainset = TrainingSet(data, check_device(device), group)
         self.data_shape = self.trainset.data_shape
         self.n_points = self.trainset.n_points
         self.dim = d = self.trainset.dim
@@ -345,17 +345,13 @@ class NoiseAgnostic(AnalyticDenoiser):
         else:
             if sigma_min is None or sigma_max is None:
                 raise ValueError("sigma_min and sigma_max are required unless levels are given")
-            lo, hi = check_positive("sigma_min", sigma_min), check_positive("sigma_max", sigma_max)
-            if not lo < hi:
-                raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={lo}, sigma_max={hi}")
+            lo, hi = check_range(sigma_min, sigma_max)
             self.sigma_min, self.sigma_max = lo, hi
             da = d + EXPONENTS[conditioning][0]
             if n_quad is None:
                 panels = max(1, math.ceil(math.log(hi / lo) * math.sqrt(2.0 * da) / PANEL_WIDTHS))
-            elif isinstance(n_quad, bool) or not isinstance(n_quad, int) or n_quad < 1:
-                raise ValueError(f"n_quad must be a positive int or None (automatic), got {n_quad!r}")
             else:
-                panels = -(-n_quad // GL_ORDER)
+                panels = -(-check_count("n_quad", n_quad) // GL_ORDER)
             grid = NodeGrid.continuous(lo, hi, panels, END_WIDTH / da)
         self.grid = grid
         self.n_quad = len(grid.t)

@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .._checks import check_count
 from . import images as _images
 from .remote import cache_dir, download, shared_data_dir
 from .images import CIFAR10_CLASSES, Labeled, PathLike, Size
@@ -43,10 +44,8 @@ def _dispatch(name: str, root: PathLike | None, split: str, n: int | None, seed:
         raise ValueError(f"unknown data set {name!r}; known: {', '.join(NAMES)}")
     if name != "folder" and split not in SPLITS:
         raise ValueError(f"split={split!r}; expected one of {SPLITS}")
-    if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0):
-        raise ValueError(f"n={n!r}; expected a positive integer or None (all)")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed={seed!r}; expected a non-negative integer")
+    n = check_count("n", n, none="all")
+    seed = check_count("seed", seed, least=0)
     if size is not None and name != "folder":
         raise ValueError(f"size is only supported by 'folder', not {name!r}")
     if mmap and name != "npz":

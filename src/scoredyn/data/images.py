@@ -641,6 +641,8 @@ def load_array(root: PathLike, split: str, n: int | None, seed: int, mmap: bool 
     array that torch cannot wrap safely). Taking a subset ``n`` copies the selected rows.
     """
     path = Path(root).expanduser()
+    if path.is_dir():
+        raise ValueError(f"array file {path} is a directory; expected a .npz or .npy file (an image folder is data set 'folder')")
     if not path.is_file():
         raise FileNotFoundError(f"array file {path} does not exist; expected a .npz or .npy file")
     labels: np.ndarray | None = None

@@ -1,27 +1,14 @@
-"""Small numerical pieces shared by the dynamics modules: an RK4 step, rms norms, leader clustering."""
+"""Small numerical pieces shared by the dynamics modules: rms norms, leader clustering."""
 
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 from torch import Tensor
-
-from .jacobian import FlatField
 
 
 def rms(z: Tensor) -> Tensor:
     """Root-mean-square over the flattened state, ``(B,)``: ``|z|_2 / sqrt(d)``."""
     return z.reshape(z.shape[0], -1).pow(2).mean(dim=1).sqrt()
-
-
-def rk4_step(f: FlatField, z: Tensor, h: Union[float, Tensor], k1: Tensor | None = None) -> Tensor:
-    """One classical Runge-Kutta step of ``dz/dtau = f(z)`` (``h``: float or ``(B, 1)``)."""
-    k1 = f(z) if k1 is None else k1
-    k2 = f(z + 0.5 * h * k1)
-    k3 = f(z + 0.5 * h * k2)
-    k4 = f(z + h * k3)
-    return z + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
 
 
 def leader_clusters(z: Tensor, tol: float, priority: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -22,9 +22,10 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from .._checks import check_positive
-from ._common import leader_clusters, rk4_step, rms
-from .jacobian import JVP, Field, FlatField, Jacobian, _nonfinite_rows, check_state, flatten_field
+from .._checks import check_positive, check_state
+from .._integrate import rk4_step
+from ._common import leader_clusters, rms
+from .jacobian import JVP, Field, FlatField, Jacobian, _nonfinite_rows, flatten_field
 from .krylov import gmres, ritz_values, start_vector
 
 KINDS = ("stable", "saddle", "unstable", "degenerate", "unconverged", "unknown")

@@ -13,16 +13,18 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from .._checks import check_finite, check_positive
-from ._common import leader_clusters, rk4_step
-from .jacobian import Field, check_state, flatten_field
+from .._checks import check_count, check_finite, check_positive, check_state
+from .._integrate import integrate
+from ._common import leader_clusters
+from .jacobian import Field, flatten_field
 
 
 def trajectories(field: Field, x0: Tensor, tau: float, n_steps: int = 100, record: int = 1) -> Tensor:
     """Fixed-step RK4 of ``dx/dtau = field(x)`` from ``x0`` over ``[0, tau]``: states ``(T, B, *shape)``.
 
     ``h = tau / n_steps`` (``tau < 0`` integrates backwards). States are kept at steps
-    ``0, record, 2 record, ...`` and at the last step, so ``T = ceil(n_steps / record) + 1``. Stiff
+    ``0, record, 2 record, ...`` and at the last step, so ``T = ceil(n_steps / record) + 1`` (the
+    ``record`` of :func:`scoredyn.sample.autonomous`, which shares this integrator). Stiff
     fields (rates ``~ 1/sigma_min`` near training points, DESIGN.md §4) need ``|h| * rate < 2.7``.
     Raises ``ValueError`` if the trajectory becomes NaN/Inf (the step was too large).
     """
@@ -30,28 +32,17 @@ def trajectories(field: Field, x0: Tensor, tau: float, n_steps: int = 100, recor
     tau = float(tau)
     if not math.isfinite(tau) or tau == 0:
         raise ValueError(f"tau must be finite and non-zero, got {tau}")
-    if int(n_steps) < 1 or int(record) < 1:
-        raise ValueError(f"n_steps and record must be >= 1, got n_steps={n_steps}, record={record}")
-    n_steps, record = int(n_steps), int(record)
+    try:
+        n_steps, record = check_count("n_steps", n_steps), check_count("record", record)
+    except ValueError as e:
+        raise ValueError(f"n_steps and record must be >= 1: {e}") from None
     b = x0.shape[0]
     f = flatten_field(field, tuple(x0.shape[1:]))
-    h = tau / n_steps
+    times = [tau * k / n_steps for k in range(n_steps)] + [tau]
     with torch.no_grad():
-        z = x0.detach().reshape(b, -1)
-        states = [z]
-        for i in range(1, n_steps + 1):
-            z = rk4_step(f, z, h)
-            if i % record == 0 or i == n_steps:
-                states.append(z)
-        out = torch.stack(states).reshape(len(states), *x0.shape)
-    bad = ~torch.isfinite(out.reshape(out.shape[0], b, -1)).all(dim=2)
-    if bool(bad.any()):
-        t, s = (int(v) for v in bad.nonzero()[0])
-        raise ValueError(
-            f"trajectory of start point {s} became NaN/Inf by recorded state {t} with step h = {h:.3g}; "
-            f"expected a step small enough for the field's rates (increase n_steps)"
-        )
-    return out
+        sol = integrate(f, x0.detach().reshape(b, -1), times, method="rk4", record=record, uniform=True, name="trajectories")
+    assert sol.states is not None
+    return sol.states.reshape(sol.states.shape[0], *x0.shape)
 
 
 def lyapunov_trace(model: Any, traj: Tensor) -> Tensor:

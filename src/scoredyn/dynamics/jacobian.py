@@ -14,26 +14,13 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from .._checks import check_finite
+from .._checks import check_finite, check_state
 
 Field = Callable[[Tensor], Tensor]
 """A batched vector field ``(B, *shape) -> (B, *shape)``."""
 
 FlatField = Callable[[Tensor], Tensor]
 """The same field on flattened states ``(B, d) -> (B, d)``."""
-
-
-def check_state(name: str, x: Tensor) -> Tensor:
-    """A batch of states ``(B, *shape)``: floating point, at least 2-D, non-empty, finite."""
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of shape (B, *state_shape), got {type(x).__name__}")
-    if x.dim() < 2 or x.shape[0] < 1 or x[0].numel() == 0:
-        raise ValueError(
-            f"{name} has shape {tuple(x.shape)}; expected (B, *state_shape) with B >= 1 and a non-empty state"
-        )
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be floating point, got dtype {x.dtype}")
-    return check_finite(name, x)
 
 
 def flatten_field(field: Field, shape: tuple[int, ...]) -> FlatField:
@@ -67,37 +54,52 @@ def _nonfinite_rows(name: str, t: Tensor) -> None:
         raise ValueError(f"{name} is NaN/Inf for {int(bad.sum())} state(s) (first indices {rows}); expected finite values")
 
 
-_TIERS = ("jacrev", "loop", "jvp", "fd")
+_TIERS = ("jacrev", "jvp", "loop", "fd")
+
+
+def check_fd_dtype(z: Tensor) -> None:
+    """Finite differences only in float64 (their error in float32 is ~1e-4 relative or worse)."""
+    if z.dtype != torch.float64:
+        raise ValueError(
+            f"finite-difference derivatives need float64 states, got {z.dtype}: in lower precision their "
+            "error (eps^(2/3) relative, ~5e-5 in float32) is larger than the answers it would replace; "
+            "pass x.double() (and a float64 model)"
+        )
 
 
 class Jacobian:
     """Dense Jacobians ``z -> (f(z), J)`` with ``J[b] = df_b/dz_b`` of shape ``(B, d, d)`` for a flat field.
 
-    Tried in order, each failure (``RuntimeError``) switching this object to the next tier with
-    one warning:
+    Exact tiers, tried in order, each failure (``RuntimeError``) switching this object to the next
+    exact tier with one warning:
 
     1. ``"jacrev"``: reverse mode on the batch-summed output. Sample ``b``'s output depends on
        ``z_b`` only, so ``d(sum_b f_b)/dz = [J_1 ... J_B]``: one ``torch.func.jacrev`` (``d``
        vmapped VJPs over the whole batch, ``chunk_size`` at a time) gives every sample's
        Jacobian. This equals ``vmap(jacrev(f_single))`` but, unlike vmap over samples, tolerates
        data-dependent Python control flow in the field (input validation).
-    2. ``"loop"``: for fields ``torch.func`` cannot transform (e.g. custom autograd functions
+    2. ``"jvp"``: for fields reverse mode cannot differentiate (in-place updates of tensors saved
+       for backward, e.g. the streamed analytic kernels): forward mode (exact), the ``d`` unit
+       tangents stacked into the batch (``B x chunk_size`` rows per call of the field, as
+       contiguous copies so that in-place kernels never write through an expanded view).
+    3. ``"loop"``: for fields ``torch.func`` cannot transform (e.g. custom autograd functions
        without functorch support): one ``torch.autograd.grad`` per output component, batched
        over samples.
-    3. ``"jvp"``: for fields reverse mode cannot differentiate (in-place updates of tensors saved
-       for backward): forward mode (exact), the ``d`` unit tangents stacked into the batch
-       (``B x chunk_size`` rows per call of the field).
-    4. ``"fd"``: for fields no AD can handle (non-torch code): central differences with step
-       ``e = eps^(1/3) max(1, |z_b|_inf)`` per sample, stacked like tier 3 (relative error
-       ~ ``eps^(2/3)``).
+
+    When every exact tier fails a ``RuntimeError`` names each failure. ``"fd"`` (central
+    differences with step ``e = eps^(1/3) max(1, |z_b|_inf)`` per sample, stacked like tier 2,
+    relative error ~ ``eps^(2/3)``) runs only when asked for (``finite_differences=True``, or a
+    field declaring ``jacobian_mode = "fd"``) and only on float64 states: in float32 its error
+    (~5e-5 relative, more near small sigma) would pass silently for an exact Jacobian.
     """
 
-    def __init__(self, f: FlatField, chunk_size: Optional[int] = None) -> None:
+    def __init__(self, f: FlatField, chunk_size: Optional[int] = None, finite_differences: bool = False) -> None:
         self.f = f
         self.chunk_size = chunk_size
-        self.mode = getattr(f, "jacobian_mode", "jacrev")
+        self.mode = "fd" if finite_differences else getattr(f, "jacobian_mode", "jacrev")
         if self.mode not in _TIERS:
             raise ValueError(f"jacobian_mode {self.mode!r} is not one of {_TIERS}")
+        self.failures: list[str] = []
 
     def __call__(self, z: Tensor) -> tuple[Tensor, Tensor]:
         while True:
@@ -108,13 +110,19 @@ class Jacobian:
                     return self._loop(z)
                 if self.mode == "jvp":
                     return self._jvp(z)
+                check_fd_dtype(z)
                 return self._fd(z)
             except RuntimeError as exc:
-                if self.mode == "fd":
-                    raise
+                self.failures.append(f"{self.mode}: {str(exc).splitlines()[0][:160]}")
+                if self.mode in ("loop", "fd"):
+                    raise RuntimeError(
+                        "cannot differentiate the field exactly ("
+                        + "; ".join(self.failures)
+                        + "); for non-torch fields pass finite_differences=True (float64 states only)"
+                    ) from exc
                 nxt = _TIERS[_TIERS.index(self.mode) + 1]
                 warnings.warn(
-                    f"Jacobian by {self.mode!r} failed ({str(exc).splitlines()[0][:100]}); using {nxt!r}",
+                    f"Jacobian by {self.mode!r} failed ({str(exc).splitlines()[0][:100]}); using {nxt!r} (exact)",
                     RuntimeWarning,
                     stacklevel=2,
                 )
@@ -153,8 +161,10 @@ class Jacobian:
         out = []
         for start in range(0, d, step):
             c = min(step, d - start)
-            states = z.unsqueeze(0).expand(c, b, d).reshape(c * b, d)
-            tangents = eye[start : start + c].unsqueeze(1).expand(c, b, d).reshape(c * b, d)
+            # contiguous copies: for B = 1 reshape would keep the expanded (stride-0) view, and a
+            # field writing into its input's storage would then fail (or, worse, alias rows)
+            states = z.unsqueeze(0).expand(c, b, d).contiguous().reshape(c * b, d)
+            tangents = eye[start : start + c].unsqueeze(1).expand(c, b, d).contiguous().reshape(c * b, d)
             out.append((c, states, tangents))
         return out
 
@@ -181,17 +191,19 @@ class Jacobian:
         return out, torch.cat(cols).permute(1, 2, 0)
 
 
-def jacobian(field: Field, x: Tensor, *, chunk_size: Optional[int] = None) -> Tensor:
+def jacobian(field: Field, x: Tensor, *, chunk_size: Optional[int] = None, finite_differences: bool = False) -> Tensor:
     """Jacobian ``df/dx`` of a batched field at each state, ``(B, d, d)`` over flattened states.
 
     ``x``: ``(B, *shape)``; ``d = prod(shape)``. ``chunk_size`` bounds how many VJPs (or JVPs,
     finite-difference columns) run at once (memory ``~ chunk_size x`` one pass; ``None``: all ``d``). See :class:`Jacobian` for
-    the method (``torch.func.jacrev``, batched, no loop over samples) and its fallbacks.
+    the method (``torch.func.jacrev``, batched, no loop over samples) and its exact fallbacks.
+    ``finite_differences=True`` uses central differences instead (fields no AD can handle;
+    float64 ``x`` only).
     """
     x = check_state("x", x)
     shape = tuple(x.shape[1:])
     f = flatten_field(field, shape)
-    out, jac = Jacobian(f, chunk_size)(x.detach().reshape(x.shape[0], -1))
+    out, jac = Jacobian(f, chunk_size, finite_differences)(x.detach().reshape(x.shape[0], -1))
     _nonfinite_rows("field(x)", out)
     _nonfinite_rows("the Jacobian of field at x", jac)
     return jac
@@ -200,28 +212,27 @@ def jacobian(field: Field, x: Tensor, *, chunk_size: Optional[int] = None) -> Te
 class JVP:
     """Batched Jacobian-vector products ``(z, v) -> J(z) v`` of a flat field.
 
-    Forward mode (``torch.func.jvp``: about one extra forward pass per product). A field that
-    forward mode cannot handle switches this operator, with one warning, to central finite
-    differences ``(f(z + e v) - f(z - e v)) / 2e`` with ``e = eps^(1/3) (1 + |z|) / |v|`` per
-    sample (relative error ~ ``eps^(2/3)``).
+    Forward mode (``torch.func.jvp``: about one extra forward pass per product), exact. A field
+    that forward mode cannot handle raises a ``RuntimeError`` saying so, unless finite differences
+    were asked for (``finite_differences=True`` or a field declaring ``jacobian_mode = "fd"``;
+    float64 states only): then ``(f(z + e v) - f(z - e v)) / 2e`` with
+    ``e = eps^(1/3) (1 + |z|) / |v|`` per sample (relative error ~ ``eps^(2/3)``).
     """
 
-    def __init__(self, f: FlatField) -> None:
+    def __init__(self, f: FlatField, finite_differences: bool = False) -> None:
         self.f = f
-        self.finite_differences = False
+        self.finite_differences = finite_differences or getattr(f, "jacobian_mode", None) == "fd"
 
     def __call__(self, z: Tensor, v: Tensor) -> Tensor:
         if not self.finite_differences:
             try:
-                return torch.func.jvp(self.f, (z,), (v,))[1].detach()
+                return torch.func.jvp(self.f, (z.contiguous(),), (v.contiguous(),))[1].detach()
             except RuntimeError as exc:
-                warnings.warn(
-                    f"field does not support forward-mode AD ({str(exc).splitlines()[0][:120]}); "
-                    "using central finite differences for Jacobian-vector products",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                self.finite_differences = True
+                raise RuntimeError(
+                    f"field does not support forward-mode AD ({str(exc).splitlines()[0][:160]}); for non-torch "
+                    "fields pass finite_differences=True (float64 states only) or set field.jacobian_mode = 'fd'"
+                ) from exc
+        check_fd_dtype(z)
         eps = torch.finfo(z.dtype).eps ** (1.0 / 3.0)
         vn = v.norm(dim=1, keepdim=True)
         e = eps * (1 + z.norm(dim=1, keepdim=True)) / torch.where(vn > 0, vn, torch.ones_like(vn))
@@ -229,7 +240,7 @@ class JVP:
             return (self.f(z + e * v) - self.f(z - e * v)) / (2 * e)
 
 
-def jvp(field: Field, x: Tensor, v: Tensor) -> Tensor:
+def jvp(field: Field, x: Tensor, v: Tensor, *, finite_differences: bool = False) -> Tensor:
     """``J(x) v`` for each sample, ``(B, *shape)`` (forward mode, see :class:`JVP`)."""
     x = check_state("x", x)
     v = check_state("v", v)
@@ -237,6 +248,6 @@ def jvp(field: Field, x: Tensor, v: Tensor) -> Tensor:
         raise ValueError(f"v has shape {tuple(v.shape)}; expected {tuple(x.shape)} (the shape of x)")
     b = x.shape[0]
     f = flatten_field(field, tuple(x.shape[1:]))
-    out = JVP(f)(x.detach().reshape(b, -1), v.detach().reshape(b, -1).to(x.dtype))
+    out = JVP(f, finite_differences)(x.detach().reshape(b, -1), v.detach().reshape(b, -1).to(x.dtype))
     _nonfinite_rows("J(x) v", out)
     return out.reshape(x.shape)

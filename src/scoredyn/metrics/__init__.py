@@ -10,15 +10,17 @@
 
 from .distances import MMD_BANDWIDTH_NOTE, PrecisionRecall, energy_distance, mmd, precision_recall, sliced_wasserstein
 from .features import FEATURE_NOTE, feature_net_info, features, load_feature_net
-from .fid import fid, frechet_distance, gaussian_moments, kid
+from .fid import KID, fid, frechet_distance, gaussian_moments, kid
 from .knn import knn
-from .memorization import COPY_RATIO, memorization
+from .memorization import COPY_RATIO, Memorization, memorization
 from .score_agreement import unexplained_variance
 
 __all__ = [
     "COPY_RATIO",
     "FEATURE_NOTE",
+    "KID",
     "MMD_BANDWIDTH_NOTE",
+    "Memorization",
     "PrecisionRecall",
     "energy_distance",
     "feature_net_info",

@@ -7,12 +7,14 @@ the inputs' device, in row blocks (memory ``O(block x m)``), and returned as a P
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence, Union
+from dataclasses import dataclass
+from typing import Callable, Sequence, Union
 
 import torch
 from torch import Tensor
 
-from .._checks import check_data, check_positive
+from .._checks import check_count, check_data, check_positive
+from .._result import Result
 from .knn import BLOCK_ELEMENTS, distance_blocks, knn_checked, sq_distances
 
 Bandwidth = Union[None, float, Sequence[float]]
@@ -102,15 +104,15 @@ def median_bandwidth(a: Tensor, b: Tensor) -> float:
     return h
 
 
-def mmd(a: Tensor, b: Tensor, kernel: str = "rbf", bandwidth: Bandwidth = None) -> float:
-    """Unbiased squared maximum mean discrepancy ``MMD^2(a, b)`` (Gretton et al. 2012).
+def mmd(samples: Tensor, reference: Tensor, kernel: str = "rbf", bandwidth: Bandwidth = None) -> float:
+    """Unbiased squared maximum mean discrepancy ``MMD^2(samples, reference)`` (Gretton et al. 2012).
 
     ``kernel="rbf"``: ``exp(-|x-y|^2 / (2 h^2))``; ``bandwidth`` a float ``h``, a list of them (the
     kernel is then their mean), or ``None`` for the median heuristic (see :data:`MMD_BANDWIDTH_NOTE`).
     ``kernel="polynomial"``: KID's ``(x.y/d + 1)^3`` (no bandwidth). The estimate is unbiased, so it
     can be slightly negative when the distributions agree.
     """
-    A, B = as_pair("a", a, "b", b)
+    A, B = as_pair("samples", samples, "reference", reference)
     if kernel == "polynomial":
         if bandwidth is not None:
             raise ValueError("bandwidth applies to kernel='rbf' only; the polynomial kernel has none")
@@ -133,13 +135,13 @@ def _euclid(x: Tensor, y: Tensor) -> Tensor:
     return sq_distances(x, y).sqrt_()
 
 
-def energy_distance(a: Tensor, b: Tensor) -> float:
+def energy_distance(samples: Tensor, reference: Tensor) -> float:
     """Energy distance ``2 E|X-Y| - E|X-X'| - E|Y-Y'|`` (Székely & Rizzo 2013, eq. 1), as U-statistics.
 
     This is the squared form (``>= 0`` for the population, ``0`` iff the distributions agree); the
     within-set means exclude ``i == j``, so the estimate is unbiased and may be slightly negative.
     """
-    A, B = as_pair("a", a, "b", b)
+    A, B = as_pair("samples", samples, "reference", reference)
     center = torch.cat([A, B]).mean(0)
     A, B = A - center, B - center
     n, m = A.shape[0], B.shape[0]
@@ -169,16 +171,15 @@ def _w2_sq_sorted(sa: Tensor, sb: Tensor) -> Tensor:
     return ((sa[:, ia] - sb[:, ib]) ** 2 @ w)
 
 
-def sliced_wasserstein(a: Tensor, b: Tensor, n_projections: int = 128, seed: int = 0) -> float:
+def sliced_wasserstein(samples: Tensor, reference: Tensor, n_projections: int = 128, seed: int = 0) -> float:
     """Sliced 2-Wasserstein distance ``SW_2 = (mean_theta W_2^2(theta.a, theta.b))^{1/2}``.
 
     ``n_projections`` directions uniform on the sphere, drawn on the CPU from
     ``torch.Generator().manual_seed(seed)`` (the same for every device). Each 1-D ``W_2`` is exact for
     the two empirical distributions, including unequal sample sizes (merged quantile functions).
     """
-    A, B = as_pair("a", a, "b", b, min_points=1)
-    if isinstance(n_projections, bool) or not isinstance(n_projections, int) or n_projections < 1:
-        raise ValueError(f"n_projections must be a positive integer, got {n_projections!r}")
+    A, B = as_pair("samples", samples, "reference", reference, min_points=1)
+    n_projections = check_count("n_projections", n_projections)
     gen = torch.Generator().manual_seed(int(seed))
     theta = torch.randn(n_projections, A.shape[1], generator=gen, dtype=torch.float64)
     theta = (theta / torch.linalg.vector_norm(theta, dim=1, keepdim=True)).to(A.device)
@@ -187,8 +188,10 @@ def sliced_wasserstein(a: Tensor, b: Tensor, n_projections: int = 128, seed: int
     return float(_w2_sq_sorted(sa, sb).mean().sqrt())
 
 
-class PrecisionRecall(NamedTuple):
-    """Improved precision and recall (Kynkäänniemi et al. 2019)."""
+@dataclass(frozen=True)
+class PrecisionRecall(Result):
+    """Improved precision and recall (Kynkäänniemi et al. 2019): the fraction of samples inside the
+    reference manifold, and of reference points inside the samples' manifold."""
 
     precision: float
     recall: float
@@ -204,16 +207,16 @@ def _coverage(queries: Tensor, ref: Tensor, radii: Tensor) -> Tensor:
     return inside.double().mean()
 
 
-def precision_recall(a: Tensor, b: Tensor, k: int = 3) -> PrecisionRecall:
-    """k-NN precision and recall of generated samples ``b`` against reference (real) samples ``a``.
+def precision_recall(samples: Tensor, reference: Tensor, k: int = 3) -> PrecisionRecall:
+    """k-NN precision and recall of generated ``samples`` against ``reference`` (real) points.
 
     Kynkäänniemi et al. 2019, eq. 1-3: each set's manifold is the union of balls around its points
     with radius the distance to the point's ``k``-th nearest neighbour in the same set; precision is
-    the fraction of ``b`` inside ``a``'s manifold, recall the fraction of ``a`` inside ``b``'s.
+    the fraction of samples inside the reference's manifold, recall the fraction of reference points
+    inside the samples'.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    A, B = as_pair("a", a, "b", b, min_points=k + 1)
-    radii_a = knn_checked(A, A, k + 1)[0][:, k]
-    radii_b = knn_checked(B, B, k + 1)[0][:, k]
-    return PrecisionRecall(float(_coverage(B, A, radii_a)), float(_coverage(A, B, radii_b)))
+    k = check_count("k", k)
+    S, R = as_pair("samples", samples, "reference", reference, min_points=k + 1)
+    radii_r = knn_checked(R, R, k + 1)[0][:, k]
+    radii_s = knn_checked(S, S, k + 1)[0][:, k]
+    return PrecisionRecall(precision=float(_coverage(S, R, radii_r)), recall=float(_coverage(R, S, radii_s)))

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_finite
+from .._checks import check_count, check_finite
 from .._io import atomic_write_bytes
 
 FEATURE_NOTE = (
@@ -49,50 +49,46 @@ ASSET_PACKAGE = "scoredyn"
 ASSET_DIR = "assets"
 
 
-class DigitsNet(nn.Module):
+class SmallCNN(nn.Module):
+    """A small classifier: 3x3 conv + ReLU layers of ``channels`` (each followed by a 2x2 max-pool
+    where ``pools`` says), then ``fc1`` to ``feature_dim`` features (ReLU) and ``fc2`` to 10 classes."""
+
+    image_size: tuple[int, int]
+    feature_dim: int
+    channels: tuple[int, ...]
+    pools: tuple[bool, ...]
+
+    def __init__(self) -> None:
+        super().__init__()
+        chans = (1, *self.channels)
+        for i, (c_in, c_out) in enumerate(zip(chans, chans[1:]), 1):
+            setattr(self, f"conv{i}", nn.Conv2d(c_in, c_out, 3, padding=1))
+        side = self.image_size[0] // 2 ** sum(self.pools)
+        self.fc1 = nn.Linear(chans[-1] * side * side, self.feature_dim)
+        self.fc2 = nn.Linear(self.feature_dim, 10)
+
+    def features(self, x: Tensor) -> Tensor:
+        h = x
+        for i, pool in enumerate(self.pools, 1):
+            h = F.relu(getattr(self, f"conv{i}")(h))
+            if pool:
+                h = F.max_pool2d(h, 2)
+        return F.relu(self.fc1(h.flatten(1)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.features(x))
+
+
+class DigitsNet(SmallCNN):
     """CNN for 8x8 digits: conv16-conv32-pool-fc64 (features)-fc10."""
 
-    image_size = (8, 8)
-    feature_dim = 64
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
-        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.fc1 = nn.Linear(32 * 4 * 4, self.feature_dim)
-        self.fc2 = nn.Linear(self.feature_dim, 10)
-
-    def features(self, x: Tensor) -> Tensor:
-        h = F.relu(self.conv1(x))
-        h = F.max_pool2d(F.relu(self.conv2(h)), 2)
-        return F.relu(self.fc1(h.flatten(1)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.features(x))
+    image_size, feature_dim, channels, pools = (8, 8), 64, (16, 32), (False, True)
 
 
-class MnistNet(nn.Module):
+class MnistNet(SmallCNN):
     """CNN for 28x28 MNIST: three conv+pool stages (16, 32, 64) - fc128 (features) - fc10."""
 
-    image_size = (28, 28)
-    feature_dim = 128
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
-        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.conv3 = nn.Conv2d(32, 64, 3, padding=1)
-        self.fc1 = nn.Linear(64 * 3 * 3, self.feature_dim)
-        self.fc2 = nn.Linear(self.feature_dim, 10)
-
-    def features(self, x: Tensor) -> Tensor:
-        h = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        h = F.max_pool2d(F.relu(self.conv2(h)), 2)
-        h = F.max_pool2d(F.relu(self.conv3(h)), 2)
-        return F.relu(self.fc1(h.flatten(1)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.features(x))
+    image_size, feature_dim, channels, pools = (28, 28), 128, (16, 32, 64), (True, True, True)
 
 
 def labeled_split(name: str, split: str) -> tuple[Tensor, Tensor]:
@@ -314,8 +310,7 @@ def features(
     check_finite("images", images)
     if images.dim() < 2 or images.shape[0] < 1:
         raise ValueError(f"images must have shape (N, ...) with N >= 1, got {tuple(images.shape)}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = check_count("batch_size", batch_size)
     images = images.to(torch.float32) if not images.is_floating_point() else images
     if isinstance(net, nn.Module):
         model, prep = net, (lambda x: x)

@@ -7,9 +7,13 @@ the same feature network, the same sample counts and the same preprocessing (DES
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
+from .._checks import check_count
+from .._result import Result
 from .distances import as_pair, mmd2_unbiased, polynomial_kernel
 
 
@@ -49,31 +53,37 @@ def frechet_distance(mu_a: Tensor, cov_a: Tensor, mu_b: Tensor, cov_b: Tensor) -
     return float(value)
 
 
-def fid(feat_a: Tensor, feat_b: Tensor) -> float:
+def fid(samples: Tensor, reference: Tensor) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets ``(n, d)``, ``(m, d)``.
 
     The plug-in estimate is biased upwards by roughly ``tr`` terms of order ``d / n``: compare values
     only at equal sample counts (DESIGN.md §8).
     """
-    A, B = as_pair("feat_a", feat_a, "feat_b", feat_b)
+    A, B = as_pair("samples", samples, "reference", reference)
     return frechet_distance(*gaussian_moments(A), *gaussian_moments(B))
 
 
+@dataclass(frozen=True)
+class KID(Result):
+    """Kernel inception distance: the mean unbiased ``MMD^2`` over subsets and its standard deviation."""
+
+    mean: float
+    std: float
+
+
 def kid(
-    feat_a: Tensor, feat_b: Tensor, n_subsets: int = 100, subset_size: int = 1000, seed: int = 0
-) -> tuple[float, float]:
+    samples: Tensor, reference: Tensor, n_subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> KID:
     """Kernel inception distance (Bińkowski et al. 2018, §4): unbiased ``MMD^2`` with the cubic kernel
     ``(x.y/d + 1)^3``, averaged over ``n_subsets`` random subsets of ``min(subset_size, n, m)`` points
     of each set drawn without replacement.
 
-    Returns ``(mean, std)`` over subsets (``std`` with Bessel's correction; ``0`` for one subset).
+    Returns :class:`KID` ``(mean, std)`` over subsets (``std`` with Bessel's correction; ``0`` for one subset).
     Subsets come from ``torch.Generator().manual_seed(seed)`` on the CPU (the same on every device).
     """
-    A, B = as_pair("feat_a", feat_a, "feat_b", feat_b)
-    if isinstance(n_subsets, bool) or not isinstance(n_subsets, int) or n_subsets < 1:
-        raise ValueError(f"n_subsets must be a positive integer, got {n_subsets!r}")
-    if isinstance(subset_size, bool) or not isinstance(subset_size, int) or subset_size < 2:
-        raise ValueError(f"subset_size must be an integer >= 2, got {subset_size!r}")
+    A, B = as_pair("samples", samples, "reference", reference)
+    n_subsets = check_count("n_subsets", n_subsets)
+    subset_size = check_count("subset_size", subset_size, least=2)
     size = min(subset_size, A.shape[0], B.shape[0])
     gen = torch.Generator().manual_seed(int(seed))
     values = []
@@ -83,4 +93,4 @@ def kid(
         values.append(mmd2_unbiased(A[ia], B[ib], polynomial_kernel))
     v = torch.stack(values)
     std = v.std() if n_subsets > 1 else v.new_zeros(())
-    return float(v.mean()), float(std)
+    return KID(mean=float(v.mean()), std=float(std))

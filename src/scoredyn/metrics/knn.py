@@ -21,7 +21,7 @@ from typing import Iterator, Literal, Optional
 import torch
 from torch import Tensor
 
-from .._checks import check_data, check_query
+from .._checks import check_count, check_data, check_query
 
 EXTRA_CANDIDATES = 4
 """Candidates kept beyond ``k`` in the matmul stage, re-ranked by exact float64 distances."""
@@ -160,12 +160,10 @@ def knn_checked(
     """:func:`knn` for inputs whose values the caller has validated (finite, matching shapes)."""
     if queries.device != data.device:
         raise ValueError(f"queries are on {queries.device} but data on {data.device}; put both on one device")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+    k = check_count("k", k)
     if k > data.shape[0]:
         raise ValueError(f"k={k} neighbours requested but data has only {data.shape[0]} point(s); expected k <= N")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) < 1):
-        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    chunk_size = check_count("chunk_size", chunk_size, none="automatic")
     if backend not in ("auto", "torch", "faiss"):
         raise ValueError(f"backend must be 'auto', 'torch' or 'faiss', got {backend!r}")
     dtype = torch.promote_types(queries.dtype, data.dtype)

@@ -12,41 +12,56 @@ Two criteria on exact nearest-neighbour distances (:func:`scoredyn.metrics.knn.k
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from .._checks import check_data, check_positive, check_query
 from .._dist import all_gather_topk, shard_offset
+from .._result import Result
 from .knn import knn_checked
 
 COPY_RATIO = 1.0 / 3.0
 """Gu et al. 2023: a sample is a copy when ``d(NN1) / d(NN2) < COPY_RATIO``."""
 
 
-def memorization(
-    samples: Tensor,
-    train: Tensor,
-    *,
-    sigma_min: Optional[float] = None,
-    k: float = 1.0,
-    chunk_size: Optional[int] = None,
-    quantiles: Sequence[float] = (0.05, 0.25, 0.5, 0.75, 0.95),
-    group: object = None,
-) -> dict:
-    """Memorization statistics of ``samples (B, *shape)`` against ``train (N, *shape)``, ``N >= 2``.
-
-    Returns a dict with
+@dataclass(frozen=True)
+class Memorization(Result):
+    """What :func:`memorization` measures.
 
     * ``copy_fraction``: fraction of samples with ``ratio < 1/3`` (Gu et al. 2023);
-    * ``within_k_sigma``: fraction with ``nn_distance <= k * sigma_min`` (Kim 2026, Thm 4.4), or
-      ``None`` when ``sigma_min`` is not given;
-    * ``nn_distance_quantiles``: ``{q: quantile of nn_distance}`` for each ``q`` in ``quantiles``;
+    * ``within_k_sigma``: ``{k: fraction with nn_distance <= k * sigma_min}`` (Kim 2026, Thm 4.4),
+      empty when ``sigma_min`` is not given;
+    * ``nn_distance_quantiles``: ``{q: quantile of nn_distance}``;
     * ``nn_index`` ``(B,)`` long: index of the nearest training point;
     * ``nn_distance`` ``(B,)`` float64: distance to it; ``ratio`` ``(B,)`` float64: ``d(NN1)/d(NN2)``,
       defined as 0 for an exact copy of a duplicated training point (``d(NN1) = d(NN2) = 0``);
-      ``is_copy`` ``(B,)`` bool.
+    * ``is_copy`` ``(B,)`` bool.
+    """
+
+    copy_fraction: float
+    within_k_sigma: Mapping[float, float]
+    nn_distance_quantiles: Mapping[float, float]
+    nn_index: Tensor
+    nn_distance: Tensor
+    ratio: Tensor
+    is_copy: Tensor
+
+
+def memorization(
+    samples: Tensor,
+    reference: Tensor,
+    *,
+    sigma_min: Optional[float] = None,
+    k: Union[float, Sequence[float]] = 1.0,
+    chunk_size: Optional[int] = None,
+    quantiles: Sequence[float] = (0.05, 0.25, 0.5, 0.75, 0.95),
+    group: object = None,
+) -> Memorization:
+    """Memorization statistics (:class:`Memorization`) of ``samples (B, *shape)`` against the training
+    set ``reference (N, *shape)``, ``N >= 2``; ``k`` one ball radius factor or several.
 
     Neighbours are exact (chunked over the training set, ``chunk_size`` rows per block) with the
     winners' distances recomputed in float64, so the ratio is right for near copies.
@@ -56,15 +71,15 @@ def memorization(
     local two nearest neighbours, one all-gather merges them, and ``nn_index`` indexes the
     concatenation of the shards. Every rank gets the full result.
     """
-    check_data("train", train, min_points=1)
+    train = check_data("reference", reference, min_points=1)
     offset, n_total = (0, train.shape[0]) if group is None else shard_offset(train.shape[0], train.device, group)
     if n_total < 2:
         raise ValueError(
-            f"train has {n_total} point; the copy ratio d(NN1)/d(NN2) needs at least 2 training points"
+            f"reference has {n_total} point; the copy ratio d(NN1)/d(NN2) needs at least 2 training points"
         )
     check_data("samples", samples, min_points=1)
     check_query(samples, tuple(train.shape[1:]), name="samples")
-    check_positive("k", k)
+    ks = [check_positive("k", v) for v in ((k,) if isinstance(k, (int, float)) else k)]
     if sigma_min is not None:
         check_positive("sigma_min", sigma_min)
     qs = [float(q) for q in quantiles]
@@ -83,13 +98,13 @@ def memorization(
     ratio = torch.where(d2 > 0, d1 / d2.clamp_min(torch.finfo(d2.dtype).tiny), torch.zeros_like(d1))
     is_copy = ratio < COPY_RATIO
     q_values = torch.quantile(d1, torch.tensor(qs, dtype=d1.dtype, device=d1.device)) if qs else d1[:0]
-    within = None if sigma_min is None else float((d1 <= k * float(sigma_min)).double().mean())
-    return {
-        "copy_fraction": float(is_copy.double().mean()),
-        "within_k_sigma": within,
-        "nn_distance_quantiles": dict(zip(qs, q_values.tolist())),
-        "nn_index": idx[:, 0],
-        "nn_distance": d1,
-        "ratio": ratio,
-        "is_copy": is_copy,
-    }
+    within = {} if sigma_min is None else {v: float((d1 <= v * float(sigma_min)).double().mean()) for v in ks}
+    return Memorization(
+        copy_fraction=float(is_copy.double().mean()),
+        within_k_sigma=within,
+        nn_distance_quantiles=dict(zip(qs, q_values.tolist())),
+        nn_index=idx[:, 0],
+        nn_distance=d1,
+        ratio=ratio,
+        is_copy=is_copy,
+    )

@@ -18,7 +18,7 @@ from typing import Any, Sequence, Union
 import torch
 from torch import Tensor
 
-from .._checks import as_sigma, bcast, check_data, check_finite
+from .._checks import as_sigma, bcast, check_count, check_data, check_finite
 from ..sample.noise import noise, stream_seed
 
 
@@ -59,10 +59,8 @@ def unexplained_variance(
     as_sigma(sig, sig.numel(), sig)  # finite and > 0
     m = x0.shape[0]
     n = m if n is None else n
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    n = check_count("n", n)
+    batch_size = check_count("batch_size", batch_size)
     num = torch.zeros(sig.numel(), dtype=torch.float64, device=x0.device)
     den = torch.zeros_like(num)
     with torch.no_grad():

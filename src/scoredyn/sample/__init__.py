@@ -2,7 +2,8 @@
 adaptive probability-flow ODE, the autonomous ODE, analytical teleportation and NCSNv2's schedule.
 
 Every sampler in :data:`SAMPLERS` has the signature
-``fn(denoiser, x, sigmas, *, seeds=None, callback=None, progress=False, **options) -> Tensor``.
+``fn(denoiser, x, sigmas, *, seeds=None, callback=None, progress=False, **options) -> Tensor`` and
+takes any strictly descending grid that may end in 0; :data:`FIELD_SAMPLERS` take a score field instead.
 """
 
 from typing import Callable, Dict
@@ -19,11 +20,12 @@ from .grids import (
     ncsn_variance_ratio,
     sigmas_geometric,
     sigmas_karras,
-    sigmas_for,
+    sigma_grid,
     sigmas_loglinear,
 )
 from .noise import noise
-from .ode import autonomous, nearest_distance, ode_adaptive, ode_adaptive_sampler, unconditional_ode
+from .._integrate import Solution
+from .ode import autonomous, ode_adaptive, ode_adaptive_sampler, unconditional_ode
 from .solvers import annealed_langevin, dpmpp_2m, euler, euler_maruyama, heun, unipc
 from .teleport import teleport, with_teleport
 
@@ -35,15 +37,23 @@ SAMPLERS: Dict[str, Callable[..., Tensor]] = {
     "euler_maruyama": euler_maruyama,
     "annealed_langevin": annealed_langevin,
     "ode_adaptive": ode_adaptive_sampler,
+}
+"""Name -> sampler ``fn(denoiser, x, sigmas, ...)`` on any descending grid that may end in 0 (used by
+``scoredyn sample --sampler NAME``)."""
+
+FIELD_SAMPLERS: Dict[str, Callable[..., Tensor]] = {
     "unconditional_ode": unconditional_ode,
 }
-"""Name -> sampler with the shared signature (used by ``scoredyn sample --sampler NAME``)."""
+"""Name -> sampler ``fn(field, x, sigmas, ...)`` of a noise-unconditional score field ``f(x)`` (or a model
+with ``.field``): these take no denoiser, so they live outside :data:`SAMPLERS`."""
 
 __all__ = [
+    "FIELD_SAMPLERS",
     "SAMPLERS",
     "CountNFE",
     "Run",
     "SamplerDivergence",
+    "Solution",
     "annealed_langevin",
     "autonomous",
     "check_seeds",
@@ -58,11 +68,10 @@ __all__ = [
     "ncsn_schedule",
     "ncsn_step_lr",
     "ncsn_variance_ratio",
-    "nearest_distance",
     "noise",
     "ode_adaptive",
     "ode_adaptive_sampler",
-    "sigmas_for",
+    "sigma_grid",
     "sigmas_geometric",
     "sigmas_karras",
     "sigmas_loglinear",

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .._checks import Denoiser, check_finite
+from .._checks import Denoiser, check_finite, check_state
 
 Callback = Callable[[dict], Any]
 Seeds = Optional[Union[Sequence[int], Tensor]]
@@ -55,17 +55,6 @@ def grid_values(sigmas: GridLike, name: str = "sigmas", min_len: int = 2) -> lis
                 f"{name} must be strictly descending; {name}[{i}] = {vals[i]:.6g} <= {name}[{i + 1}] = {vals[i + 1]:.6g}"
             )
     return vals
-
-
-def check_state(x: Tensor, name: str = "x") -> Tensor:
-    """The initial state ``(B, *data_shape)``: a finite floating-point tensor with a batch dimension."""
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of shape (B, *data_shape), got {type(x).__name__}")
-    if x.dim() < 2 or x.shape[0] == 0:
-        raise ValueError(f"{name} has shape {tuple(x.shape)}; expected (B, *data_shape) with B >= 1 and a data shape")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be floating point, got dtype {x.dtype}")
-    return check_finite(name, x)
 
 
 def check_seeds(seeds: Seeds, batch: int) -> Optional[tuple[int, ...]]:
@@ -141,7 +130,6 @@ class Run:
         seeds: Seeds = None,
         callback: Optional[Callback] = None,
         progress: bool = False,
-        allow_zero: bool = True,
     ) -> None:
         if not callable(denoiser):
             raise ValueError(f"{name}: denoiser must be callable as denoiser(x, sigma), got {type(denoiser).__name__}")
@@ -149,10 +137,8 @@ class Run:
             raise ValueError(f"{name}: callback must be callable or None, got {type(callback).__name__}")
         self.name = name
         self.denoiser = denoiser
-        check_state(x)
+        check_state("x", x)
         self.sigmas = grid_values(sigmas)
-        if not allow_zero and self.sigmas[-1] == 0:
-            raise ValueError(f"{name} needs positive noise levels; the grid ends in 0 (drop the trailing 0)")
         self.seeds = check_seeds(seeds, x.shape[0])
         self.callback = callback
         self.progress = bool(progress)

@@ -17,22 +17,9 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from .._checks import check_data, check_positive
+from .._checks import check_count, check_data, check_positive, check_range
 
 Device = Union[str, torch.device, None]
-
-
-def _count(name: str, n: int, least: int = 1) -> int:
-    if isinstance(n, bool) or int(n) != n or int(n) < least:
-        raise ValueError(f"{name} must be an integer >= {least}, got {n!r}")
-    return int(n)
-
-
-def _range(sigma_min: float, sigma_max: float) -> tuple[float, float]:
-    lo, hi = check_positive("sigma_min", sigma_min), check_positive("sigma_max", sigma_max)
-    if not lo < hi:
-        raise ValueError(f"sigma_min ({lo:.6g}) must be below sigma_max ({hi:.6g})")
-    return lo, hi
 
 
 def _zero(s: Tensor) -> Tensor:
@@ -40,11 +27,11 @@ def _zero(s: Tensor) -> Tensor:
 
 
 def sigmas_karras(
-    n: int, sigma_min: float, sigma_max: float, rho: float = 7.0, device: Device = None, dtype: torch.dtype = torch.float64
+    n: int, *, sigma_min: float, sigma_max: float, rho: float = 7.0, device: Device = None, dtype: torch.dtype = torch.float64
 ) -> Tensor:
     """Karras et al. 2022, Eq. 5: ``(s_max^(1/rho) + i/(n-1) (s_min^(1/rho) - s_max^(1/rho)))^rho``, ``i < n``, then 0."""
-    n = _count("n", n)
-    lo, hi = _range(sigma_min, sigma_max)
+    n = check_count("n", n)
+    lo, hi = check_range(sigma_min, sigma_max)
     rho = check_positive("rho", rho)
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
     s = (hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
@@ -53,21 +40,21 @@ def sigmas_karras(
 
 
 def sigmas_geometric(
-    n: int, sigma_max: float, sigma_min: float, device: Device = None, dtype: torch.dtype = torch.float64
+    n: int, *, sigma_min: float, sigma_max: float, device: Device = None, dtype: torch.dtype = torch.float64
 ) -> Tensor:
     """NCSN's geometric grid of ``n`` levels from ``sigma_max`` down to ``sigma_min`` (exact endpoints, no 0)."""
-    n = _count("n", n, least=2)
-    lo, hi = _range(sigma_min, sigma_max)
+    n = check_count("n", n, least=2)
+    lo, hi = check_range(sigma_min, sigma_max)
     s = torch.linspace(math.log(hi), math.log(lo), n, dtype=torch.float64).exp()
     s[0], s[-1] = hi, lo
     return s.to(device=device, dtype=dtype)
 
 
 def sigmas_loglinear(
-    n: int, sigma_min: float, sigma_max: float, device: Device = None, dtype: torch.dtype = torch.float64
+    n: int, *, sigma_min: float, sigma_max: float, device: Device = None, dtype: torch.dtype = torch.float64
 ) -> Tensor:
     """``n`` log-uniform levels from ``sigma_max`` to ``sigma_min``, then 0 (k-diffusion's exponential grid)."""
-    return _zero(sigmas_geometric(n, sigma_max, sigma_min, dtype=torch.float64)).to(device=device, dtype=dtype)
+    return _zero(sigmas_geometric(n, sigma_min=sigma_min, sigma_max=sigma_max, dtype=torch.float64)).to(device=device, dtype=dtype)
 
 
 # --------------------------------------------------------------------------- NCSNv2 schedule
@@ -81,7 +68,7 @@ def max_pairwise_distance(data: Tensor, chunk_size: int = 2048) -> float:
     so the result does not suffer the identity's cancellation. Memory is ``chunk_size x N``.
     """
     data = check_data("data", data, min_points=2)
-    chunk_size = _count("chunk_size", chunk_size)
+    chunk_size = check_count("chunk_size", chunk_size)
     flat = data.reshape(data.shape[0], -1).to(torch.float64)
     sq = (flat * flat).sum(1)
     row_max = torch.empty_like(sq)
@@ -113,7 +100,7 @@ def ncsn_gamma(dim: int, overlap: float = 0.5) -> float:
     """
     from scipy.optimize import brentq
 
-    dim = _count("dim", dim)
+    dim = check_count("dim", dim)
     target = float(overlap)
     if not 0.0 < target < _phi(3.0) - _phi(-3.0):
         raise ValueError(f"overlap must be in (0, {_phi(3.0) - _phi(-3.0):.4f}) (its value at gamma = 1), got {overlap}")
@@ -136,7 +123,7 @@ def _phi(z: float) -> float:
     return 0.5 * math.erfc(-z / math.sqrt(2.0))
 
 
-def ncsn_variance_ratio(eps: float, n_steps_each: int, sigma_min: float, gamma: float) -> float:
+def ncsn_variance_ratio(eps: float, n_steps_each: int, gamma: float, *, sigma_min: float) -> float:
     """NCSNv2 §3, the quantity of Technique 4: ``s_T^2 / sigma_i^2`` after ``T`` Langevin
     steps of size ``alpha_i = eps sigma_i^2 / sigma_L^2`` started from level ``sigma_{i-1} = gamma sigma_i``:
     ``(1 - eps/s_L^2)^(2T) (gamma^2 - 2 eps / (s_L^2 - s_L^2 (1 - eps/s_L^2)^2)) + 2 eps / (s_L^2 - s_L^2 (1 - eps/s_L^2)^2)``."""
@@ -145,7 +132,7 @@ def ncsn_variance_ratio(eps: float, n_steps_each: int, sigma_min: float, gamma: 
     return (1.0 - eps / s2) ** (2 * n_steps_each) * (gamma**2 - q) + q
 
 
-def ncsn_step_lr(n_steps_each: int, sigma_min: float, gamma: float) -> float:
+def ncsn_step_lr(n_steps_each: int, gamma: float, *, sigma_min: float) -> float:
     """NCSNv2 Technique 4: the ``eps`` in ``(0, sigma_L^2)`` making :func:`ncsn_variance_ratio` closest to 1.
 
     The ratio exceeds 1 for every admissible ``eps`` (it is ``gamma^2`` at 0 and ``2/(1+a)`` with
@@ -153,13 +140,13 @@ def ncsn_step_lr(n_steps_each: int, sigma_min: float, gamma: float) -> float:
     """
     from scipy.optimize import minimize_scalar
 
-    t = _count("n_steps_each", n_steps_each)
+    t = check_count("n_steps_each", n_steps_each)
     s2 = check_positive("sigma_min", sigma_min) ** 2
     if not gamma > 1:
         raise ValueError(f"gamma must be > 1 (the ratio sigma_(i-1)/sigma_i), got {gamma}")
     # Minimise over u = log(eps / s2) in (log 1e-12, 0): eps spans many decades for large T.
     res = minimize_scalar(
-        lambda u: ncsn_variance_ratio(s2 * math.exp(u), t, sigma_min, gamma),
+        lambda u: ncsn_variance_ratio(s2 * math.exp(u), t, gamma, sigma_min=sigma_min),
         bounds=(math.log(1e-12), math.log(1.0 - 1e-12)),
         method="bounded",
         options=dict(xatol=1e-10),
@@ -168,7 +155,7 @@ def ncsn_step_lr(n_steps_each: int, sigma_min: float, gamma: float) -> float:
 
 
 def ncsn_schedule(
-    data: Tensor, n_steps_each: int, sigma_min: float = 0.01, overlap: float = 0.5, chunk_size: int = 2048
+    data: Tensor, n_steps_each: int, *, sigma_min: float = 0.01, overlap: float = 0.5, chunk_size: int = 2048
 ) -> tuple[float, int, float]:
     """NCSNv2 (Song & Ermon 2020) Techniques 1, 2, 4 -> ``(sigma_max, n_levels, step_lr)``.
 
@@ -182,12 +169,12 @@ def ncsn_schedule(
     if not sigma_min < sigma_max:
         raise ValueError(f"sigma_min ({sigma_min:.6g}) must be below the largest pairwise distance ({sigma_max:.6g})")
     gamma = ncsn_gamma(data[0].numel(), overlap)
-    n_levels = levels_for_ratio(sigma_max, sigma_min, gamma)
+    n_levels = levels_for_ratio(gamma, sigma_min=sigma_min, sigma_max=sigma_max)
     ratio = (sigma_max / sigma_min) ** (1.0 / (n_levels - 1))
-    return sigma_max, n_levels, ncsn_step_lr(n_steps_each, sigma_min, ratio)
+    return sigma_max, n_levels, ncsn_step_lr(n_steps_each, ratio, sigma_min=sigma_min)
 
 
-def levels_for_ratio(sigma_max: float, sigma_min: float, gamma: float) -> int:
+def levels_for_ratio(gamma: float, *, sigma_min: float, sigma_max: float) -> int:
     """The fewest levels ``L >= 2`` of a geometric grid from ``sigma_max`` to ``sigma_min`` with ratio ``<= gamma``."""
     n = math.ceil(math.log(sigma_max / sigma_min) / math.log(gamma) - 1e-12) + 1
     return max(n, 2)
@@ -200,13 +187,10 @@ def grid_ratio(sigmas: list[float]) -> Optional[float]:
     return (sigmas[0] / sigmas[-1]) ** (1.0 / (len(sigmas) - 1))
 
 
-def sigmas_for(sampler: str, n: int, sigma_min: float, sigma_max: float, kind: str = "auto") -> Tensor:
-    """The grid a sampler expects: NCSN's geometric levels for ``annealed_langevin`` (no trailing 0),
-    the Karras grid (with its trailing 0) otherwise; ``kind`` ("karras" | "geometric") overrides."""
-    if kind == "auto":
-        kind = "geometric" if sampler == "annealed_langevin" else "karras"
-    if kind == "geometric":
-        return sigmas_geometric(n, sigma_max, sigma_min)
-    if kind == "karras":
-        return sigmas_karras(n, sigma_min, sigma_max)
-    raise ValueError(f"unknown grid kind {kind!r}; expected 'auto', 'karras' or 'geometric'")
+def sigma_grid(kind: str, n: int, *, sigma_min: float, sigma_max: float) -> Tensor:
+    """A grid by name: ``"karras"`` (:func:`sigmas_karras`) or ``"geometric"`` (:func:`sigmas_loglinear`:
+    NCSN's ``n`` geometric levels, then 0); every sampler of ``SAMPLERS`` takes either."""
+    grids = {"karras": sigmas_karras, "geometric": sigmas_loglinear}
+    if kind not in grids:
+        raise ValueError(f"unknown grid kind {kind!r}; expected 'karras' or 'geometric'")
+    return grids[kind](n, sigma_min=sigma_min, sigma_max=sigma_max)

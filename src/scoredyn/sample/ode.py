@@ -15,48 +15,33 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import Tensor
 
-from .._checks import Denoiser, bcast, check_data, check_positive, on_host
-from .common import Callback, GridLike, Run, SamplerDivergence, Seeds, check_state, progress_range
+from .._checks import Denoiser, bcast, check_count, check_data, check_positive, check_range, check_state
+from .._integrate import Solution, integrate, odeint_dopri5, tolerances
+from .common import Callback, GridLike, Run, SamplerDivergence, Seeds
 
 Field = Callable[[Tensor], Tensor]
 
 
-def _tolerances(rtol: Optional[float], atol: Optional[float], default: float = 1e-5) -> tuple[float, float]:
-    r = check_positive("rtol", default if rtol is None else rtol)
-    a = check_positive("atol", default if atol is None else atol)
-    return r, a
-
-
-def _odeint(func: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tensor, rtol: float, atol: float) -> Tensor:
-    """torchdiffeq dopri5, made to step exactly onto the last time instead of past it and interpolating."""
-    from torchdiffeq import odeint
-
-    return odeint(func, x, t, rtol=rtol, atol=atol, method="dopri5", options=dict(step_t=t[-1:]))
-
-
 def ode_adaptive(
-    denoiser: Denoiser, x: Tensor, sigma_max: float, sigma_min: float, *,
+    denoiser: Denoiser, x: Tensor, *, sigma_min: float, sigma_max: float,
     rtol: float = 1e-5, atol: float = 1e-5,
-) -> tuple[Tensor, int]:
+) -> Solution:
     """Probability-flow ODE ``dx/dsigma = (x - D(x, sigma))/sigma`` from ``sigma_max`` down to
-    ``sigma_min > 0`` with Dormand-Prince (torchdiffeq ``dopri5``); returns ``(x, nfe)``.
+    ``sigma_min > 0`` with Dormand-Prince (torchdiffeq ``dopri5``): a :class:`Solution` ``(x, nfe)``.
 
     ``nfe`` counts every denoiser evaluation, including the initial step-size probe and the
     stages of rejected steps. Time is float64 (EDM keeps its time steps in float64).
     """
-    x = check_state(x)
-    hi = check_positive("sigma_max", sigma_max)
-    lo = check_positive("sigma_min", sigma_min, allow_zero=True)
+    x = check_state("x", x)
+    lo, hi = check_range(sigma_min, sigma_max, allow_equal=True, allow_zero=True)
     if lo == 0:
         raise ValueError(
             "sigma_min must be > 0 for ode_adaptive (the ODE is singular at 0); integrate to a small sigma "
             "and denoise, or use the registry sampler SAMPLERS['ode_adaptive'] on a grid ending in 0"
         )
-    if not lo <= hi:
-        raise ValueError(f"sigma_min ({lo:.6g}) must not exceed sigma_max ({hi:.6g})")
-    rtol, atol = _tolerances(rtol, atol)
+    rtol, atol = tolerances(rtol, atol)
     if lo == hi:
-        return x, 0
+        return Solution(x, 0)
     nfe = 0
     batch = x.shape[0]
 
@@ -74,10 +59,10 @@ def ode_adaptive(
         return v
 
     t = torch.tensor([hi, lo], dtype=torch.float64, device=x.device)
-    out = _odeint(velocity, x, t, rtol, atol)[-1]
+    out = odeint_dopri5(velocity, x, t, rtol, atol)[-1]
     if not bool(torch.isfinite(out).all()):
         raise ValueError(f"ode_adaptive: non-finite result integrating from sigma {hi:.6g} to {lo:.6g}")
-    return out, nfe
+    return Solution(out, nfe)
 
 
 def ode_adaptive_sampler(
@@ -89,7 +74,7 @@ def ode_adaptive_sampler(
     run = Run("ode_adaptive", denoiser, x, sigmas, seeds, callback, progress)
     sig = run.sigmas
     last = sig[-2] if sig[-1] == 0 else sig[-1]
-    x, _ = ode_adaptive(denoiser, x, sig[0], last, rtol=rtol, atol=atol)
+    x = ode_adaptive(denoiser, x, sigma_min=last, sigma_max=sig[0], rtol=rtol, atol=atol).x
     if sig[-1] == 0:
         d = run.denoise(x, last)
         run.emit(run.n_steps - 1, x, d)
@@ -123,9 +108,9 @@ def as_field(field: Any) -> Field:
 def autonomous(
     field: Any, x: Tensor, tau: Union[float, Tensor], *, n_steps: Optional[int] = None,
     rtol: Optional[float] = None, atol: Optional[float] = None, method: Optional[str] = None,
-    record: bool = False, callback: Optional[Callback] = None, progress: bool = False,
-) -> Union[Tensor, tuple[Tensor, Tensor]]:
-    """Integrate the autonomous ODE ``dx/dtau = f(x)`` (Kim 2026, §4.1.2) from 0 to ``tau``.
+    record: int = 0, callback: Optional[Callback] = None, progress: bool = False,
+) -> Solution:
+    """Integrate the autonomous ODE ``dx/dtau = f(x)`` (Kim 2026, §4.1.2) from 0 to ``tau``: a :class:`Solution`.
 
     ``field`` is ``f`` or a model with ``.field`` (``NoiseAgnostic``, multiplicative/unconditional
     nets). ``tau`` is a float, or a 1-D increasing tensor of times (the first is the start).
@@ -135,61 +120,21 @@ def autonomous(
     * ``method="dopri5"``: adaptive Dormand-Prince with ``rtol``/``atol`` (default 1e-5).
 
     Default method: ``"euler"`` if ``n_steps`` is given or ``tau`` is a grid and no tolerance is,
-    else ``"dopri5"``. With ``record=True`` returns ``(x, states)``, the states at every time of
-    the grid (``(len(times), *x.shape)``); ``callback`` gets ``i, tau, x`` after each fixed step.
+    else ``"dopri5"``. ``record = k > 0`` keeps the states at every ``k``-th time of the grid and the
+    last (``Solution.states``, ``.taus``); ``callback`` gets ``i, tau, x`` after each fixed step.
     """
     f = as_field(field)
-    x = check_state(x)
+    x = check_state("x", x)
     times = _time_grid(tau, n_steps)
     if method is None:
         fixed = n_steps is not None or (isinstance(tau, Tensor) and rtol is None and atol is None)
         method = "euler" if fixed else "dopri5"
-    if method not in ("euler", "rk4", "dopri5"):
-        raise ValueError(f"method must be 'euler', 'rk4' or 'dopri5', got {method!r}")
-    if method == "dopri5":
-        if n_steps is not None:
-            raise ValueError("n_steps is for the fixed-step methods; dopri5 chooses its own steps (give rtol/atol)")
-        r, a = _tolerances(rtol, atol)
-        if len(times) == 1:
-            return (x, x[None]) if record else x
-        t = torch.tensor(times, dtype=torch.float64, device=x.device)
-        states = _odeint(lambda _t, y: f(y), x, t, r, a)
-        out = states[-1]
-        if not bool(torch.isfinite(out).all()):
-            raise ValueError(f"autonomous: non-finite result integrating to tau = {times[-1]:.6g}")
-        return (out, states) if record else out
-    if rtol is not None or atol is not None:
-        raise ValueError(f"rtol/atol apply to method='dopri5', not to the fixed-step method {method!r}")
-    if len(times) == 2 and n_steps is None and not isinstance(tau, Tensor):
+    if method == "dopri5" and n_steps is not None:
+        raise ValueError("n_steps is for the fixed-step methods; dopri5 chooses its own steps (give rtol/atol)")
+    if method != "dopri5" and len(times) == 2 and n_steps is None and not isinstance(tau, Tensor):
         raise ValueError("fixed-step methods need n_steps (or a tensor grid of times for tau)")
-    states = [x] if record else []
-    host = on_host(x)
-    first_bad = torch.full((), -1, dtype=torch.long, device=x.device)  # on accelerators: found without a sync
-    for i in progress_range(len(times) - 1, progress, "autonomous"):
-        h = times[i + 1] - times[i]
-        x = _rk4_step(f, x, h) if method == "rk4" else x + f(x) * h
-        if host:
-            if not bool(torch.isfinite(x).all()):
-                raise ValueError(f"autonomous: non-finite values at step {i} (tau {times[i]:.6g} -> {times[i + 1]:.6g})")
-        else:
-            bad = ~torch.isfinite(x).all()
-            first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, i), first_bad)
-        if callback is not None:
-            callback(dict(i=i, tau=times[i + 1], x=x))
-        if record:
-            states.append(x)
-    if not host and int(first_bad) >= 0:
-        i = int(first_bad)
-        raise ValueError(f"autonomous: non-finite values at step {i} (tau {times[i]:.6g} -> {times[i + 1]:.6g})")
-    return (x, torch.stack(states)) if record else x
-
-
-def _rk4_step(f: Field, x: Tensor, h: float) -> Tensor:
-    k1 = f(x)
-    k2 = f(x + k1 * (h / 2))
-    k3 = f(x + k2 * (h / 2))
-    k4 = f(x + k3 * h)
-    return x + (k1 + 2 * k2 + 2 * k3 + k4) * (h / 6)
+    return integrate(f, x, times, method=method, record=record, rtol=rtol, atol=atol,
+                     callback=callback, progress=progress, name="autonomous")
 
 
 def _time_grid(tau: Union[float, Tensor], n_steps: Optional[int]) -> list[float]:
@@ -207,25 +152,11 @@ def _time_grid(tau: Union[float, Tensor], n_steps: Optional[int]) -> list[float]
         return [0.0]
     if n_steps is None:
         return [0.0, total]
-    if isinstance(n_steps, bool) or int(n_steps) != n_steps or int(n_steps) < 1:
-        raise ValueError(f"n_steps must be an integer >= 1, got {n_steps!r}")
-    n = int(n_steps)
+    n = check_count("n_steps", n_steps)
     return [total * k / n for k in range(n)] + [total]
 
 
 # --------------------------------------------------------------------------- noise-unconditional models
-
-
-def nearest_distance(x: Tensor, data: Tensor, chunk_size: int = 4096) -> Tensor:
-    """``min_j |x_b - data_j|`` per query ``(B,)``, streamed over chunks of ``data`` (float64 distances)."""
-    xf = x.reshape(x.shape[0], -1).to(torch.float64)
-    best = torch.full((x.shape[0],), math.inf, dtype=torch.float64, device=x.device)
-    flat = data.reshape(data.shape[0], -1)
-    for a in range(0, flat.shape[0], chunk_size):
-        blk = flat[a : a + chunk_size].to(device=x.device, dtype=torch.float64)
-        d2 = (xf * xf).sum(1, keepdim=True) - 2.0 * xf @ blk.T + (blk * blk).sum(1)[None]
-        best = torch.minimum(best, d2.amin(1))
-    return best.clamp_min(0).sqrt().to(x.dtype)
 
 
 def unconditional_ode(
@@ -255,6 +186,8 @@ def unconditional_ode(
     overshoot by ``d sigma_min^2 / r``. The nearest-neighbour estimate has no such pathology (it
     vanishes at a training point), so with ``data`` the cap is ``sigma_max`` and lag is corrected.
     """
+    from ..metrics.knn import knn_checked
+
     f = as_field(model)
     run = Run("unconditional_ode", lambda y, s: y, x, sigmas, seeds, callback, progress)
     if data is not None:
@@ -272,7 +205,7 @@ def unconditional_ode(
             norm = score.reshape(score.shape[0], -1).norm(dim=1)
             s_hat = root_d / norm
         else:
-            s_hat = nearest_distance(x, data) / root_d
+            s_hat = knn_checked(x, data, 1)[0][:, 0].to(x.dtype) / root_d
         s_hat = s_hat.clamp(max=s if data is None else s_max)
         r = (s_next / s_hat).clamp(max=1.0)
         denoised = x + score * bcast(s_hat * s_hat, x)

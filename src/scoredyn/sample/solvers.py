@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._checks import Denoiser, check_positive
+from .._checks import Denoiser, check_count, check_positive
 from .common import Callback, GridLike, Run, Seeds
 from .grids import grid_ratio, ncsn_step_lr
 
@@ -123,13 +123,20 @@ def annealed_langevin(
     callback: Optional[Callback] = None, progress: bool = False,
     n_steps_each: int = 5, step_lr: Optional[float] = None, denoise: bool = True, noise: bool = True,
 ) -> Tensor:
-    """Annealed Langevin dynamics, Song & Ermon 2020 (NCSNv2) Algorithm 1, with its final denoising step."""
-    run = Run("annealed_langevin", denoiser, x, sigmas, seeds, callback, progress, allow_zero=False)
-    sig = run.sigmas
-    t = int(n_steps_each)
-    if t != n_steps_each or t < 1:
-        raise ValueError(f"n_steps_each must be an integer >= 1, got {n_steps_each!r}")
-    eps = ncsn_step_lr(t, sig[-1], grid_ratio(sig)) if step_lr is None else check_positive("step_lr", step_lr)
+    """Annealed Langevin dynamics, Song & Ermon 2020 (NCSNv2) Algorithm 1, with its final denoising step.
+
+    The Langevin levels are the grid's positive values; a trailing 0 asks for the final denoising step
+    (as on every other sampler's grid), which ``denoise`` (default on) also adds to a grid without one."""
+    run = Run("annealed_langevin", denoiser, x, sigmas, seeds, callback, progress)
+    if run.sigmas[-1] == 0:
+        if not denoise:
+            raise ValueError("annealed_langevin: the grid ends in 0 (denoise fully) but denoise=False; drop the 0 or the option")
+    sig = [s for s in run.sigmas if s > 0]
+    if step_lr is None and len(sig) < 2:
+        raise ValueError("annealed_langevin chooses step_lr from the ratio of its levels (NCSNv2 Technique 4): "
+                         "give at least two positive levels, or step_lr")
+    t = check_count("n_steps_each", n_steps_each)
+    eps = ncsn_step_lr(t, grid_ratio(sig), sigma_min=sig[-1]) if step_lr is None else check_positive("step_lr", step_lr)
     s_last = sig[-1]
     steps = run.steps(len(sig) * t)
     for k in steps:

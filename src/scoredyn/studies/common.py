@@ -69,12 +69,12 @@ def train_checkpoints(
         folder = ctx.stages.artifacts(name, config)
         out: dict[str, Any] = {"spec": spec, "steps": steps}
         for step in steps:
-            ema = train.fit(
-                dict(spec), data, steps=step, batch_size=min(cfg.batch_size, data.shape[0]), lr=cfg.lr,
-                sigma_dist=sigma_dist, sigma_min=sigma_min, sigma_max=sigma_max, levels=levels, seed=ctx.seed, out=folder,
-                ckpt_every=max(steps) + 1, resume=True, device=ctx.device, progress=ctx.progress,
+            run_config = cfg.train_config(
+                steps=step, batch_size=min(cfg.batch_size, data.shape[0]), sigma_dist=sigma_dist,
+                sigma_min=sigma_min, sigma_max=sigma_max, levels=levels, seed=ctx.seed, ckpt_every=max(steps) + 1,
                 log_every=max(1, step // 10), weighting=WEIGHTING[spec["conditioning"]],
             )
+            ema = train.fit(dict(spec), data, run_config, out=folder, resume=True, device=ctx.device, progress=ctx.progress)
             for k, v in ema.state_dict().items():
                 out[f"ckpt{step}.{k}"] = v.detach().to("cpu").clone()
         return out
@@ -130,26 +130,17 @@ def quality(samples: Tensor, reference: Tensor, *, seed: int, fid_net: Optional[
         fa = metrics.features(samples.float().clamp(-1, 1), net=fid_net)
         fb = metrics.features(reference.float().to(samples.device), net=fid_net)
         out["fid"] = float(metrics.fid(fa, fb))
-        out["kid"] = float(_kid_value(metrics.kid(fa, fb)))
+        out["kid"] = metrics.kid(fa, fb).mean
     return out
-
-
-def _kid_value(k: Any) -> float:
-    if isinstance(k, tuple):
-        return float(k[0])
-    if isinstance(k, Mapping):
-        return float(k.get("kid", k.get("mean")))
-    return float(k)
 
 
 def memorization(samples: Tensor, train_set: Tensor, sigma_min: Optional[float], k: float = 3.0) -> dict[str, float]:
     """The memorization numbers the studies report (``scoredyn.metrics.memorization``)."""
     m = metrics.memorization(samples.float(), train_set.float().to(samples.device), sigma_min=sigma_min, k=k)
-    q = m["nn_distance_quantiles"]
     return {
-        "copy_fraction": float(m["copy_fraction"]),
-        "within_k_sigma": float(m["within_k_sigma"]) if m["within_k_sigma"] is not None else float("nan"),
-        "nn_median": float(q[0.5]),
+        "copy_fraction": m.copy_fraction,
+        "within_k_sigma": m.within_k_sigma.get(k, float("nan")),
+        "nn_median": m.nn_distance_quantiles[0.5],
     }
 
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional
 
 from .._checks import check_positive
+from ..train.config import TrainConfig
 
 MODES = ("tiny", "quick", "full")
 TOYS = ("moons", "swissroll", "checkerboard", "rings", "gmm2d")
@@ -28,6 +29,10 @@ class NetConfig:
     batch_size: int = 256
     lr: float = 2e-3
     steps: int = 2000
+
+    def train_config(self, **fields: Any) -> TrainConfig:
+        """The :class:`~scoredyn.train.TrainConfig` of this network's runs (``fields`` fill in or override)."""
+        return TrainConfig(**{"steps": self.steps, "batch_size": self.batch_size, "lr": self.lr, **fields})
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from matplotlib.ticker import NullFormatter
 from torch import Tensor
 
 from .. import data as sd_data
-from .. import dynamics, plot, sample
+from .. import dynamics, metrics, plot, sample
 from ..analytic import NoiseAgnostic
 from ..plot import figure
 from .common import (
@@ -72,9 +72,9 @@ def _limits(pts: Tensor, pad: float = 0.35) -> tuple[tuple[float, float], tuple[
 
 def _geometric(sigma_max: float, sigma_min: float, n_levels: int, n_steps_each: int) -> tuple[list[float], float]:
     """NCSNv2's geometric grid and its Technique-4 step size ``eps`` for this grid's ratio."""
-    sig_list = [float(s) for s in sample.sigmas_geometric(n_levels, sigma_max, sigma_min)]
+    sig_list = [float(s) for s in sample.sigmas_geometric(n_levels, sigma_min=sigma_min, sigma_max=sigma_max)]
     ratio = (sigma_max / sigma_min) ** (1.0 / (n_levels - 1))
-    return sig_list, float(sample.ncsn_step_lr(n_steps_each, sigma_min, ratio))
+    return sig_list, float(sample.ncsn_step_lr(n_steps_each, ratio, sigma_min=sigma_min))
 
 
 def _base(cfg: KimConfig, ctx: Context) -> dict[str, Any]:
@@ -90,17 +90,18 @@ def _reductions(cfg: KimConfig, ctx: Context, toy: _Toy) -> dict[str, Any]:
 
     def work() -> dict[str, Any]:
         smax, smin = toy.sigma_max, cfg.sigma_min
-        model = NoiseAgnostic(toy.exact, smin, smax, "multiplicative")
+        model = NoiseAgnostic(toy.exact, sigma_min=smin, sigma_max=smax, conditioning="multiplicative")
         x0 = start_noise(ctx, 1, cfg.n_reduction, (2,), smax, F64)
         scale = float(toy.exact.std())
         # (a) fixed steps: Euler on the PF-ODE in sigma vs Euler on dx/dtau = f with tau = sigma_max - sigma
         grid = torch.linspace(smax, smin, conf["n_euler"] + 1, dtype=F64)
         x_pf_euler = sample.euler(model, x0, grid)
-        x_au_euler = sample.autonomous(model, x0, (smax - grid).to(ctx.device), method="euler")
+        x_au_euler = sample.autonomous(model, x0, (smax - grid).to(ctx.device), method="euler").x
         # (b) adaptive: Dormand-Prince on both forms
         tol = cfg.reduction_rtol
-        x_pf, nfe_pf = sample.ode_adaptive(model, x0, smax, smin, rtol=tol, atol=tol)
-        x_au = sample.autonomous(model, x0, smax - smin, rtol=tol, atol=tol, method="dopri5")
+        pf = sample.ode_adaptive(model, x0, sigma_min=smin, sigma_max=smax, rtol=tol, atol=tol)
+        x_pf, nfe_pf = pf.x, pf.nfe
+        x_au = sample.autonomous(model, x0, smax - smin, rtol=tol, atol=tol, method="dopri5").x
         # (c) noise-free annealed Langevin vs forward Euler with h_i = eps sigma_i / sigma_L^2, final h = sigma_L
         levels, eps = _geometric(smax, smin, cfg.n_levels, cfg.ald_steps_each)
         x_ald = sample.annealed_langevin(model, x0, levels, n_steps_each=cfg.ald_steps_each, step_lr=eps,
@@ -108,7 +109,7 @@ def _reductions(cfg: KimConfig, ctx: Context, toy: _Toy) -> dict[str, Any]:
         s_last = levels[-1]
         h = [eps * s / s_last**2 for s in levels for _ in range(cfg.ald_steps_each)] + [s_last]
         times = torch.cumsum(torch.tensor([0.0] + h, dtype=F64), 0).to(ctx.device)
-        x_ald_euler = sample.autonomous(model, x0, times, method="euler")
+        x_ald_euler = sample.autonomous(model, x0, times, method="euler").x
         dev = lambda a, b: float((a - b).norm(dim=1).max())  # noqa: E731
         return {
             "scale": scale, "sigma_max": smax, "eps": eps, "tau_ald": float(times[-1]), "nfe_pf": int(nfe_pf),
@@ -153,7 +154,7 @@ def _exact(cfg: KimConfig, ctx: Context, toy: _Toy) -> dict[str, Any]:
     def work() -> dict[str, Any]:
         smax, smin = toy.sigma_max, cfg.sigma_min
         X = toy.exact
-        model = NoiseAgnostic(X, smin, smax, "multiplicative")
+        model = NoiseAgnostic(X, sigma_min=smin, sigma_max=smax, conditioning="multiplicative")
         x0 = start_noise(ctx, 2, cfg.n_exact_samples, (2,), smax, F64)
         # trajectories well past tau = sigma_max (the flow converges as tau -> infinity, Thm 4.3). Near a training
         # point the rate is (d/(d+1))/sigma_min = (2/3)/sigma_min; h = 1.5 sigma_min gives h * rate = 1, where RK4's
@@ -176,11 +177,11 @@ def _exact(cfg: KimConfig, ctx: Context, toy: _Toy) -> dict[str, Any]:
         g = plot.grid_2d(xl, yl, conf["grid"], device=ctx.device, dtype=F64)
         fpg = dynamics.fixed_points(model.field, torch.cat([g, X]), tol=1e-10, max_iter=300).unique(1e-4)
         st = fpg.select(fpg.stable)
-        near = sample.nearest_distance(st.points, X) / smin if len(st) else torch.zeros(0, dtype=F64)
+        near = metrics.knn(st.points, X.to(st.points.device))[0][:, 0].to(st.points.dtype) / smin if len(st) else torch.zeros(0, dtype=F64)
         kinds = fpg.count()
         # samples: the probability-flow ODE = the autonomous ODE over tau = sigma_max - sigma_min
         counted = sample.CountNFE(model)
-        xs = sample.autonomous(counted, x0, smax - smin, rtol=1e-6, atol=1e-6, method="dopri5")
+        xs = sample.autonomous(counted, x0, smax - smin, rtol=1e-6, atol=1e-6, method="dopri5").x
         mem = memorization(xs, X, smin, K_SIGMA)
         mem_limit = memorization(traj[-1], X, smin, K_SIGMA)
         # basins on a grid for the figure
@@ -255,7 +256,7 @@ def _exact_section(cfg: KimConfig, e: dict[str, Any], figs: list[Figure]) -> Sec
 
 
 def _exact_figures(cfg: KimConfig, toy: _Toy, e: dict[str, Any]) -> list[Figure]:
-    model = NoiseAgnostic(toy.exact.cpu(), cfg.sigma_min, toy.sigma_max, "multiplicative")
+    model = NoiseAgnostic(toy.exact.cpu(), sigma_min=cfg.sigma_min, sigma_max=toy.sigma_max, conditioning="multiplicative")
     fig, axes = figure(1, 2, (6.0, 5.2))
     (xl, yl) = toy.lim
     plot.basins_2d(e["labels"], xl, yl, n=int(math.isqrt(e["labels"].numel())), ax=axes[0])
@@ -297,14 +298,14 @@ def _analyse(ctx: Context, net: Any, train_set: Tensor, heldout: Tensor, *, sigm
     shape = tuple(train_set.shape[1:])
     x0 = start_noise(ctx, stream, n_samples, shape, sigma_max)
     counted = sample.CountNFE(net)
-    xs = sample.autonomous(counted, x0, sigma_max - sigma_min, rtol=1e-4, atol=1e-4, method="dopri5")
+    xs = sample.autonomous(counted, x0, sigma_max - sigma_min, rtol=1e-4, atol=1e-4, method="dopri5").x
     mem = memorization(xs, train_set, sigma_min, K_SIGMA)
     q = quality(xs, heldout, seed=ctx.seed, fid_net=fid_net)
     starts = torch.cat([xs[:n_starts], train_set[:n_starts]])
     fp = dynamics.fixed_points(net.field, starts, tol=1e-6, max_iter=40).unique(merge_tol)
     st = fp.select(fp.stable)
     if len(st):
-        dist = sample.nearest_distance(st.points, train_set).double() / sigma_min
+        dist = metrics.knn(st.points, train_set.to(st.points.device))[0][:, 0] / sigma_min
         eq_med, eq_near = float(dist.median()), float((dist <= K_SIGMA).double().mean())
     else:
         eq_med, eq_near = float("nan"), float("nan")
@@ -318,7 +319,7 @@ def _optimum_loss(ctx: Context, name: str, conf: dict[str, Any], X: Tensor, smin
 
     def work() -> dict[str, Any]:
         x0, s, z = loss_draws(ctx, X, LOSS_DRAWS, smin, smax, stream=stream)
-        opt = NoiseAgnostic(X, smin, smax, "multiplicative")
+        opt = NoiseAgnostic(X, sigma_min=smin, sigma_max=smax, conditioning="multiplicative")
         return {"loss": dsm_loss(opt, x0, s, z, "sigma2")}
 
     return ctx.stages.run(name, {**conf, "draws": LOSS_DRAWS}, work)
@@ -581,7 +582,7 @@ def _samplers(cfg: KimConfig, ctx: Context, toy: _Toy, runs: dict) -> dict[str, 
         X = toy.train[:n]
         x0 = start_noise(ctx, 5, cfg.n_net_samples, (2,), smax)
         levels, eps = _geometric(smax, smin, cfg.n_levels, conf["T"])
-        karras = sample.sigmas_karras(cfg.heun_steps, smin, smax)
+        karras = sample.sigmas_karras(cfg.heun_steps, sigma_min=smin, sigma_max=smax)
         runs_: dict[str, tuple[Tensor, int]] = {}
         for name in ("annealed Langevin", "annealed Langevin (no noise)", "PF-ODE Heun", "PF-ODE adaptive",
                      "autonomous ODE"):
@@ -594,9 +595,9 @@ def _samplers(cfg: KimConfig, ctx: Context, toy: _Toy, runs: dict) -> dict[str, 
             elif name == "PF-ODE Heun":
                 x = sample.heun(c, x0, karras, progress=ctx.progress)
             elif name == "PF-ODE adaptive":
-                x, _ = sample.ode_adaptive(c, x0, smax, smin, rtol=cfg.sampler_rtol, atol=cfg.sampler_rtol)
+                x = sample.ode_adaptive(c, x0, sigma_min=smin, sigma_max=smax, rtol=cfg.sampler_rtol, atol=cfg.sampler_rtol).x
             else:
-                x = sample.autonomous(c, x0, smax - smin, rtol=cfg.sampler_rtol, atol=cfg.sampler_rtol, method="dopri5")
+                x = sample.autonomous(c, x0, smax - smin, rtol=cfg.sampler_rtol, atol=cfg.sampler_rtol, method="dopri5").x
             runs_[name] = (x, c.nfe)
         out: dict[str, Any] = {"names": list(runs_)}
         for i, (name, (x, nfe)) in enumerate(runs_.items()):

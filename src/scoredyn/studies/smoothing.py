@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 from torch import Tensor
 
 from .. import data as sd_data
-from .. import sample
+from .. import metrics, sample
 from ..analytic import Empirical, NoiseAgnostic
 from ..plot import figure
 from .common import corr_cell, image_grid, load_checkpoint, memorization, net_spec, quality, seeds, spearman, start_noise, train_checkpoints
@@ -64,10 +64,10 @@ def _empirical(cfg: SmoothingConfig, ctx: Context, im: _Images) -> dict[str, Any
         model = Empirical(im.train)
         x0 = start_noise(ctx, 20, cfg.n_samples, im.shape, im.sigma_max)
         sd = seeds(ctx.seed, 21, cfg.n_samples)
-        karras = sample.sigmas_karras(cfg.heun_steps, cfg.sigma_min, im.sigma_max)
-        karras2 = sample.sigmas_karras(2 * cfg.heun_steps, cfg.sigma_min, im.sigma_max)
-        _, n_levels, eps = sample.ncsn_schedule(im.train, 3, cfg.sigma_min)
-        levels = sample.sigmas_geometric(n_levels, im.sigma_max, cfg.sigma_min)
+        karras = sample.sigmas_karras(cfg.heun_steps, sigma_min=cfg.sigma_min, sigma_max=im.sigma_max)
+        karras2 = sample.sigmas_karras(2 * cfg.heun_steps, sigma_min=cfg.sigma_min, sigma_max=im.sigma_max)
+        _, n_levels, eps = sample.ncsn_schedule(im.train, 3, sigma_min=cfg.sigma_min)
+        levels = sample.sigmas_geometric(n_levels, sigma_min=cfg.sigma_min, sigma_max=im.sigma_max)
         runs: dict[str, Callable[[], Tensor]] = {
             "PF-ODE Heun": lambda: sample.heun(model, x0, karras, progress=ctx.progress),
             "DPM-Solver++(2M)": lambda: sample.dpmpp_2m(model, x0, karras, progress=ctx.progress),
@@ -83,7 +83,7 @@ def _empirical(cfg: SmoothingConfig, ctx: Context, im: _Images) -> dict[str, Any
             out[f"s{i}"] = x
         # the quality of the training set itself (what a perfect memorizer scores) and of fresh held-out-like data
         out["train_quality"] = quality(im.train[: cfg.n_samples], im.heldout, seed=ctx.seed, fid_net=im.fid_net)
-        out["heldout_nn_median"] = float(sample.nearest_distance(im.heldout, im.train).median())
+        out["heldout_nn_median"] = float(metrics.knn(im.heldout, im.train.to(im.heldout.device))[0][:, 0].median())
         return out
 
     return ctx.stages.run("smoothing.empirical", conf, work)
@@ -109,7 +109,7 @@ def _temperature(cfg: SmoothingConfig, ctx: Context, im: _Images) -> dict[str, A
 
     def work() -> dict[str, Any]:
         x0 = start_noise(ctx, 20, cfg.n_samples, im.shape, im.sigma_max)
-        karras = sample.sigmas_karras(cfg.heun_steps, cfg.sigma_min, im.sigma_max)
+        karras = sample.sigmas_karras(cfg.heun_steps, sigma_min=cfg.sigma_min, sigma_max=im.sigma_max)
         out: dict[str, Any] = {"settings": [list(s) for s in settings], "rows": []}
         from tqdm.auto import tqdm
 
@@ -161,10 +161,10 @@ def _unconditional(cfg: SmoothingConfig, ctx: Context, im: _Images) -> dict[str,
     conf = {**_base(cfg, ctx), "heun": cfg.heun_steps, "levels": cfg.n_levels_unconditional, "fix": "nn-estimate"}
 
     def work() -> dict[str, Any]:
-        levels = sample.sigmas_geometric(cfg.n_levels_unconditional, im.sigma_max, cfg.sigma_min)
+        levels = sample.sigmas_geometric(cfg.n_levels_unconditional, sigma_min=cfg.sigma_min, sigma_max=im.sigma_max)
         model = NoiseAgnostic(im.train, conditioning="unconditional", levels=levels)
         x0 = start_noise(ctx, 20, cfg.n_samples, im.shape, im.sigma_max)
-        karras = sample.sigmas_karras(cfg.heun_steps, cfg.sigma_min, im.sigma_max)
+        karras = sample.sigmas_karras(cfg.heun_steps, sigma_min=cfg.sigma_min, sigma_max=im.sigma_max)
         out: dict[str, Any] = {}
         x_plain = sample.euler(model, x0, karras, progress=ctx.progress)
         x_fix = sample.unconditional_ode(model, x0, karras, data=im.train, progress=ctx.progress)
@@ -177,7 +177,7 @@ def _unconditional(cfg: SmoothingConfig, ctx: Context, im: _Images) -> dict[str,
 
 def _trained(cfg: SmoothingConfig, ctx: Context, im: _Images) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    levels = [float(s) for s in sample.sigmas_geometric(cfg.n_levels_unconditional, im.sigma_max, cfg.sigma_min)]
+    levels = [float(s) for s in sample.sigmas_geometric(cfg.n_levels_unconditional, sigma_min=cfg.sigma_min, sigma_max=im.sigma_max)]
     for cond, dist in (("unconditional", "geometric"), ("edm", "lognormal")):
         spec = net_spec(cfg.net, im.shape, cond)
         conf = {**_base(cfg, ctx), "cond": cond, "dist": dist, "net": asdict(cfg.net), "levels": levels,
@@ -190,7 +190,7 @@ def _trained(cfg: SmoothingConfig, ctx: Context, im: _Images) -> dict[str, Any]:
         def work(cond: str = cond, res: dict = res) -> dict[str, Any]:
             net = load_checkpoint(res, cfg.net.steps, ctx.device, im.shape)
             x0 = start_noise(ctx, 20, cfg.n_samples, im.shape, im.sigma_max)
-            karras = sample.sigmas_karras(cfg.heun_steps, cfg.sigma_min, im.sigma_max)
+            karras = sample.sigmas_karras(cfg.heun_steps, sigma_min=cfg.sigma_min, sigma_max=im.sigma_max)
             r: dict[str, Any] = {}
             if cond == "unconditional":
                 xp = sample.euler(net, x0, karras, progress=ctx.progress)

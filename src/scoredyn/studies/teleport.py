@@ -193,7 +193,7 @@ def _skip(cfg: TeleportConfig, ctx: Context, im: _Images, res: dict[str, Any]) -
         for name, nfe in tqdm(jobs, desc="skip sweep", disable=not ctx.progress):
             fn = sample.SAMPLERS[name]
             n_steps = _grid_size(name, nfe)
-            grid = sample.sigmas_karras(n_steps, cfg.sigma_min, cfg.sigma_max)
+            grid = sample.sigmas_karras(n_steps, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max)
             ref = None
             for frac in cfg.skip_fractions:
                 j = int(round(frac * n_steps))

@@ -2,10 +2,11 @@
 :func:`fit` (denoising score matching, AdamW, EMA, checkpoints, resume, DDP) and :func:`load`."""
 
 from .checkpoint import load
+from .config import RESUME_FIELDS, TrainConfig
 from .ema import EMA, ema_decay_at
 from .fit import fit
 from .loss import WEIGHTINGS, denoising_loss, loss_weight
 from .sigma_dist import SIGMA_DISTS, SigmaDist
 
-__all__ = ["fit", "load", "EMA", "ema_decay_at", "denoising_loss", "loss_weight", "WEIGHTINGS", "SigmaDist",
+__all__ = ["fit", "load", "TrainConfig", "RESUME_FIELDS", "EMA", "ema_decay_at", "denoising_loss", "loss_weight", "WEIGHTINGS", "SigmaDist",
            "SIGMA_DISTS"]

@@ -5,13 +5,15 @@
     scoredyn sample runs/moons --sampler heun --steps 18 --n 64 --out samples.png --seed 0
 
 ``sample`` writes a picture (an image grid for image data, a scatter plot otherwise) and, next to
-it, ``<name>.npz`` with the samples and their seeds. Sample ``i`` uses seed ``seed + i``, so a
+it, ``<name>.npz`` with the samples and their seeds; ``--out`` ending in ``/`` (or naming an existing
+folder) is a folder that receives ``samples.png`` and ``samples.npz``. Sample ``i`` uses seed ``seed + i``, so a
 sample does not depend on ``--n`` or ``--batch-size``.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 from pathlib import Path
@@ -28,6 +30,7 @@ from .sigma_dist import SIGMA_DISTS
 
 _AUTO = "auto"
 _DEFAULT_SAMPLER = {"multiplicative": "annealed_langevin", "unconditional": "unconditional_ode", "edm": "heun"}
+_DEFAULT_GRID = {"annealed_langevin": "geometric"}  # NCSN's levels for NCSN's sampler; Karras' grid otherwise
 
 
 def _int_list(text: str) -> list[int]:
@@ -100,7 +103,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--keep", type=int, default=2, help="checkpoints kept")
     p.add_argument("--compile", action="store_true", help="torch.compile the loss")
     p.add_argument("--no-bf16", action="store_true", help="train in float32 on CUDA too (default: bf16 autocast on CUDA)")
-    p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start over instead of resuming; refused on a non-empty --out unless --overwrite is given")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --no-resume: move the run already in --out aside (to --out/previous-<k>) and start over")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", default=None, help="run directory (default: runs/<data>-<conditioning>)")
     p.set_defaults(func=train_main)
@@ -123,7 +129,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--weights", default="ema", choices=["ema", "model"], help="EMA or raw training weights")
     s.add_argument("--opt", type=_option, action="append", default=[], metavar="KEY=VALUE",
                    help="extra sampler option, e.g. n_steps_each=5 or s_churn=40 (repeatable)")
-    s.add_argument("--out", default="samples.png", help="picture; the samples go to the same name with .npz")
+    s.add_argument("--out", default="samples.png",
+                   help="picture (.png, .pdf, .svg, .jpg); the samples go to the same name with .npz; "
+                        "a folder (trailing /) gets samples.png and samples.npz")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=sample_main)
 
@@ -132,13 +140,64 @@ def _device(name: str) -> Optional[str]:
     return None if name == _AUTO else name
 
 
+_PICTURES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+_NOT_OPTIONS = ("seeds", "callback", "progress")  # set by the command itself
+
+
+def picture_path(out: str) -> Path:
+    """The picture ``--out`` names: ``DIR/`` or an existing folder gives ``DIR/samples.png``."""
+    path = Path(out)
+    if out.endswith(("/", os.sep)) or path.is_dir():
+        return path / "samples.png"
+    if path.suffix.lower() not in _PICTURES:
+        raise ValueError(f"--out {out} has no picture extension; expected one of {', '.join(_PICTURES)} "
+                         f"(e.g. {path.with_suffix('.png')}), or {out}/ for a folder")
+    return path
+
+
+def check_options(sampler: str, fn: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """``--opt`` values checked against the sampler's keyword options (name, then type of the default)."""
+    params = {k: p for k, p in inspect.signature(fn).parameters.items()
+              if p.kind == p.KEYWORD_ONLY and k not in _NOT_OPTIONS}
+    if any(p.kind == p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values()):
+        return options  # a wrapper that passes options on: the wrapped sampler checks them
+    valid = ", ".join(f"{k} (default {p.default!r})" for k, p in params.items()) or "none"
+    out = {}
+    for key, value in options.items():
+        if key not in params:
+            raise ValueError(f"--opt {key}: {sampler} has no option {key!r}; its options: {valid}")
+        default = params[key].default
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        else:
+            ok = True  # None defaults: the sampler validates
+        if not ok:
+            raise ValueError(f"--opt {key}={value!r}: {sampler}'s {key} expects a {type(default).__name__} "
+                             f"(default {default!r})")
+        out[key] = value
+    return out
+
+
 def train_main(args: argparse.Namespace) -> int:
     """``scoredyn train``."""
+    from ..data import NAMES as DATASETS
     from ..data import load as load_data
     from ..sample import max_pairwise_distance
+    from .config import TrainConfig
     from .fit import fit
 
     edm = args.conditioning == "edm"
+    if Path(args.data).exists() and args.data not in DATASETS:
+        kind = "folder" if Path(args.data).is_dir() else "npz"
+        raise ValueError(f"--data {args.data} is a path; --data takes a data set name ({', '.join(DATASETS)}) and "
+                         f"--data-root the path, e.g. --data {kind} --data-root {args.data}")
     data = load_data(args.data, root=args.data_root, split="train", n=args.n, seed=args.seed)
     shape = tuple(data.shape[1:])
     kind = args.net if args.net != _AUTO else ("unet" if len(shape) == 3 else "mlp")
@@ -154,12 +213,18 @@ def train_main(args: argparse.Namespace) -> int:
     sigma_min = args.sigma_min if args.sigma_min is not None else (0.002 if edm else 0.01)
     sigma_max = args.sigma_max if args.sigma_max is not None else (80.0 if edm else max_pairwise_distance(data))
     out = Path(args.out) if args.out else Path("runs") / f"{args.data}-{args.conditioning}"
-    fit(spec, args.data, steps=args.steps, batch_size=args.batch_size, lr=args.lr, sigma_dist=sigma_dist,
-        sigma_min=sigma_min, sigma_max=sigma_max, levels=args.levels if sigma_dist == "geometric" else None,
-        weighting=None if args.weighting == _AUTO else args.weighting, warmup=args.warmup,
-        grad_clip=args.grad_clip, weight_decay=args.weight_decay, ema_decay=args.ema,
-        ema_warmup=not args.no_ema_warmup, seed=args.seed, out=out, ckpt_every=args.ckpt_every, keep=args.keep,
-        log_every=args.log_every, resume=not args.no_resume, device=_device(args.device), compile=args.compile, bf16=not args.no_bf16,
+    if args.overwrite and not args.no_resume:
+        raise ValueError("--overwrite only applies with --no-resume (a resumed run keeps its folder)")
+    if args.steps < 1 or args.keep < 1:
+        raise ValueError(f"--steps and --keep must be >= 1 (a run keeps at least its final checkpoint), "
+                         f"got {args.steps} and {args.keep}")
+    config = TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, sigma_dist=sigma_dist, sigma_min=sigma_min,
+        sigma_max=sigma_max, levels=args.levels if sigma_dist == "geometric" else None,
+        weighting=None if args.weighting == _AUTO else args.weighting, warmup=args.warmup, grad_clip=args.grad_clip,
+        weight_decay=args.weight_decay, ema_decay=args.ema, ema_warmup=not args.no_ema_warmup, seed=args.seed,
+        ckpt_every=args.ckpt_every, keep=args.keep, log_every=args.log_every, compile=args.compile, bf16=not args.no_bf16)
+    fit(spec, args.data, config, out=out, resume=not args.no_resume, overwrite=args.overwrite, device=_device(args.device),
         progress=not args.no_progress, data_root=args.data_root, data_n=args.n)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trained {args.steps} steps; checkpoint in {out} (sample with: scoredyn sample {out})")
@@ -169,8 +234,7 @@ def train_main(args: argparse.Namespace) -> int:
 def sample_main(args: argparse.Namespace) -> int:
     """``scoredyn sample``."""
     from ..plot import samples_picture
-    from ..sample import SAMPLERS, noise
-    from ..sample.grids import sigmas_for
+    from ..sample import FIELD_SAMPLERS, SAMPLERS, noise, sigma_grid
     from .checkpoint import load
     from .distributed import resolve_device
 
@@ -178,19 +242,25 @@ def sample_main(args: argparse.Namespace) -> int:
     model = load(args.run, device=dev, which=args.weights)
     cfg = model.checkpoint_config  # type: ignore[attr-defined]
     sampler = args.sampler if args.sampler != _AUTO else _DEFAULT_SAMPLER[model.conditioning]
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(sorted(SAMPLERS))}")
+    registry = {**SAMPLERS, **FIELD_SAMPLERS}
+    if sampler not in registry:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(sorted(registry))}")
     if args.n < 1 or args.batch_size < 1 or args.steps < 1:
         raise ValueError(f"--n, --batch-size and --steps must be >= 1, got {args.n}, {args.batch_size}, {args.steps}")
     sd = cfg["train"]["sigma_dist"]
     sigma_min = args.sigma_min if args.sigma_min is not None else sd["sigma_min"]
     sigma_max = args.sigma_max if args.sigma_max is not None else sd["sigma_max"]
-    sigmas = sigmas_for(sampler, args.steps, sigma_min, sigma_max, kind=args.grid)
+    kind = args.grid if args.grid != _AUTO else _DEFAULT_GRID.get(sampler, "karras")
+    sigmas = sigma_grid(kind, args.steps, sigma_min=sigma_min, sigma_max=sigma_max)
     options = dict(args.opt)
     if sampler == "unconditional_ode" and "data" in options:
         raise ValueError("the data option of unconditional_ode cannot be given on the command line")
+    fn = registry[sampler]
+    options = check_options(sampler, fn, options)
+    pic = picture_path(args.out)
     shape = tuple(cfg["data_shape"])
-    fn = SAMPLERS[sampler]
+    if len(shape) == 3 and pic.suffix.lower() != ".png":
+        raise ValueError(f"--out {args.out}: image samples are written as a PNG grid; expected a .png name (or a folder/)")
     out: list[torch.Tensor] = []
     for start in range(0, args.n, args.batch_size):
         seeds = list(range(args.seed + start, args.seed + min(args.n, start + args.batch_size)))
@@ -198,7 +268,7 @@ def sample_main(args: argparse.Namespace) -> int:
         with torch.no_grad():
             out.append(fn(model, x, sigmas.to(dev), seeds=seeds, progress=not args.no_progress, **options).cpu())
     samples = torch.cat(out).numpy()
-    pic = Path(args.out)
+    pic.parent.mkdir(parents=True, exist_ok=True)
     samples_picture(torch.from_numpy(samples), pic)
     npz = pic.with_suffix(".npz")
     meta = json.dumps(dict(sampler=sampler, steps=args.steps, sigma_min=sigma_min, sigma_max=sigma_max,

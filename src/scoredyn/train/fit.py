@@ -11,28 +11,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .._checks import check_data, check_positive
+from .._checks import check_data
 from .._io import atomic_write_text
 from ..nets.precondition import Preconditioned, build
 from . import checkpoint as ckpt_io
 from . import distributed as ddp
+from .divergence import DivergenceMonitor
 from .ema import EMA
-from .loss import check_weighting, default_weighting, denoising_loss
-from .sigma_dist import Levels, SigmaDist
+from .config import TrainConfig
+from .loss import default_weighting, denoising_loss
+from .sigma_dist import SigmaDist
 
-# Arguments that must not change when a run is resumed (anything else, e.g. steps, may).
-_RESUME_KEYS = ("sigma_dist", "weighting", "batch_size", "lr", "warmup", "grad_clip", "weight_decay", "betas",
-                "ema_decay", "ema_warmup", "seed", "data")
 
 
 class EpochSampler:
@@ -78,12 +76,6 @@ def _load_data(data: Union[Tensor, str], root: Optional[str], n: Optional[int], 
     return tensor, desc
 
 
-def _check_int(name: str, v: Any, lo: int) -> int:
-    if isinstance(v, bool) or int(v) != v or v < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {v}")
-    return int(v)
-
-
 def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Tensor]:
     rng = {"batch": gen.get_state(), "torch_cpu": torch.get_rng_state()}
     if device.type == "cuda":
@@ -115,178 +107,195 @@ def _truncate_log(path: Path, step: int) -> None:
 def fit(
     model: Union[Preconditioned, dict[str, Any]],
     data: Union[Tensor, str],
+    config: TrainConfig,
     *,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    sigma_dist: str,
-    sigma_min: float,
-    sigma_max: float,
-    levels: Levels = None,
-    weighting: Optional[str] = None,
-    p_mean: float = -1.2,
-    p_std: float = 1.2,
-    warmup: int = 100,
-    grad_clip: float = 1.0,
-    weight_decay: float = 0.0,
-    betas: Sequence[float] = (0.9, 0.999),
-    ema_decay: float = 0.999,
-    ema_warmup: bool = True,
-    seed: int = 0,
     out: Union[str, Path, None] = None,
-    ckpt_every: int = 1000,
-    keep: int = 2,
-    log_every: int = 100,
     resume: bool = True,
+    overwrite: bool = False,
     device: Union[str, torch.device, None] = None,
-    compile: bool = False,
-    bf16: bool = True,
     progress: bool = True,
     data_root: Optional[str] = None,
     data_n: Optional[int] = None,
     on_checkpoint: Optional[Callable[[int, Path], None]] = None,
 ) -> Preconditioned:
-    """Denoising score matching (``scoredyn.train.loss``) with AdamW; returns the EMA denoiser.
+    """Denoising score matching (``scoredyn.train.loss``) with AdamW as ``config`` says; returns the EMA denoiser.
 
     ``model``: a denoiser from :func:`scoredyn.nets.precondition`, or its spec dict (built with
-    ``torch.manual_seed(seed)``). ``data``: a tensor ``(N, *shape)`` or a ``scoredyn.data`` name
-    (with ``data_root``, ``data_n``). The learning rate rises linearly over ``warmup`` steps;
-    gradients are clipped to norm ``grad_clip`` (0: off); the EMA decay is
-    ``min(ema_decay, (1+t)/(10+t))`` with ``ema_warmup``. On CUDA the forward pass runs under bf16
-    autocast unless ``bf16=False`` (never on CPU; the loss and optimizer stay float32); ``compile``
-    wraps the loss in ``torch.compile``. With ``out``: JSON-lines metrics in
-    ``out/metrics.jsonl`` every ``log_every`` steps, a checkpoint every ``ckpt_every`` steps and at
-    the end, and with ``resume`` training continues exactly from ``out``'s latest checkpoint.
+    ``torch.manual_seed(config.seed)``). ``data``: a tensor ``(N, *shape)`` or a ``scoredyn.data`` name
+    (with ``data_root``, ``data_n``). With ``out``: JSON-lines metrics in ``out/metrics.jsonl``, a
+    checkpoint every ``config.ckpt_every`` steps and at the end, and with ``resume`` training continues
+    exactly from ``out``'s newest valid checkpoint (whose config must agree on :data:`scoredyn.train.config.RESUME_FIELDS`);
+    ``resume=False`` on a non-empty ``out`` needs ``overwrite`` (the old run is moved aside, see
+    ``scoredyn.train.checkpoint.prepare_run``). ``out`` is locked against a second writer. A loss
+    growing 1000x over its running median stops training (``scoredyn.train.divergence``).
     ``on_checkpoint(step, path)`` is called after each checkpoint. Under ``torchrun`` the global
     batch is split over the ranks (see ``scoredyn.train.distributed``). The global torch RNG is
     seeded with ``seed + rank`` (it drives dropout only) and saved in checkpoints.
     """
-    steps = _check_int("steps", steps, 0)
-    batch_size = _check_int("batch_size", batch_size, 1)
-    warmup = _check_int("warmup", warmup, 0)
-    ckpt_every = _check_int("ckpt_every", ckpt_every, 1)
-    log_every = _check_int("log_every", log_every, 1)
-    lr = check_positive("lr", lr)
-    grad_clip = check_positive("grad_clip", grad_clip, allow_zero=True)
-    weight_decay = check_positive("weight_decay", weight_decay, allow_zero=True)
-    seed = _check_int("seed", seed, 0)
-    sdist = SigmaDist(sigma_dist, sigma_min, sigma_max, levels, p_mean, p_std)
-
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"config must be a scoredyn.train.TrainConfig, got {type(config).__name__}")
     if isinstance(model, dict):
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.manual_seed(config.seed)
             model = build(model)
     if not isinstance(model, Preconditioned):
         raise ValueError(
             f"model must be a denoiser from scoredyn.nets.precondition (or its spec dict), got {type(model).__name__}"
         )
-    weighting = check_weighting(weighting if weighting is not None else default_weighting(model.conditioning))
-
+    config = config.replace(weighting=config.weighting or default_weighting(model.conditioning))
     info = ddp.setup(device)
+    lock = None
     try:
-        return _fit(model, data, info, sdist, steps=steps, batch_size=batch_size, lr=lr, weighting=weighting,
-                    warmup=warmup, grad_clip=grad_clip, weight_decay=weight_decay, betas=tuple(float(b) for b in betas),
-                    ema_decay=ema_decay, ema_warmup=ema_warmup, seed=seed, out=out, ckpt_every=ckpt_every, keep=keep,
-                    log_every=log_every, resume=resume, compile=compile, bf16=bf16, progress=progress, data_root=data_root,
-                    data_n=data_n, on_checkpoint=on_checkpoint)
+        lock = ckpt_io.lock_run(out) if out is not None and info.is_main else None
+        return _fit(model, data, config, info, out=None if out is None else Path(out), resume=resume,
+                    overwrite=overwrite, progress=progress, data_root=data_root, data_n=data_n,
+                    on_checkpoint=on_checkpoint)
     finally:
+        if lock is not None:
+            lock.release()
         ddp.teardown(info)
 
 
-def _fit(model: Preconditioned, data: Union[Tensor, str], info: ddp.DistInfo, sdist: SigmaDist, *, steps: int,
-         batch_size: int, lr: float, weighting: str, warmup: int, grad_clip: float, weight_decay: float,
-         betas: tuple[float, ...], ema_decay: float, ema_warmup: bool, seed: int, out: Union[str, Path, None],
-         ckpt_every: int, keep: int, log_every: int, resume: bool, compile: bool, bf16: bool, progress: bool,
-         data_root: Optional[str], data_n: Optional[int], on_checkpoint: Optional[Callable[[int, Path], None]]
-         ) -> Preconditioned:
-    dev = info.device
-    data_t, data_desc = _load_data(data, data_root, data_n, seed)
-    n = data_t.shape[0]
-    if batch_size > n:
-        raise ValueError(f"batch_size ({batch_size}) is larger than the data set ({n} points); use batch_size <= {n}")
-    if batch_size % info.world:
-        raise ValueError(f"batch_size ({batch_size}) must be divisible by the number of processes ({info.world})")
-    if out is not None:
-        model.spec()  # fail now, not at the first checkpoint, if the network cannot be described
-    dtype = next(model.parameters()).dtype
-    model.data_shape = tuple(data_t.shape[1:])
-    model.to(dev).train()
-    data_t = data_t.to(device=dev, dtype=dtype)
-    params = [p for p in model.parameters() if p.requires_grad]
-    ddp.broadcast_parameters(params, info)
-    opt = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)  # type: ignore[arg-type]
-    ema = EMA(model, ema_decay, ema_warmup)
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed + info.rank)  # dropout, if any
-    sampler = EpochSampler(n, batch_size, seed)
-    config = {
-        "data_shape": list(data_t.shape[1:]),
-        "train": {"sigma_dist": sdist.config(), "weighting": weighting, "batch_size": batch_size, "lr": lr,
-                  "warmup": warmup, "grad_clip": grad_clip, "weight_decay": weight_decay, "betas": list(betas),
-                  "ema_decay": ema_decay, "ema_warmup": ema_warmup, "seed": seed, "data": data_desc,
-                  "steps": steps, "world_size": info.world},
-    }
+class _Run:
+    """The state of one training run: model, optimizer, EMA, data, noise stream and where it is saved."""
 
-    start = 0
-    out_p = Path(out) if out is not None else None
-    if out_p is not None and resume and ckpt_io.has_checkpoint(out_p):
-        ck = ckpt_io.find_checkpoint(out_p)
+    def __init__(self, model: Preconditioned, data: Tensor, data_desc: dict[str, Any], config: TrainConfig,
+                 info: ddp.DistInfo, out: Optional[Path]) -> None:
+        # ------------------------------------------------------------------ setup
+        c = config
+        self.config, self.info, self.out = c, info, out
+        self.sdist = SigmaDist(c.sigma_dist, sigma_min=c.sigma_min, sigma_max=c.sigma_max, levels=c.levels,
+                               p_mean=c.p_mean, p_std=c.p_std)
+        n = data.shape[0]
+        if c.batch_size > n:
+            raise ValueError(f"batch_size ({c.batch_size}) is larger than the data set ({n} points); use batch_size <= {n}")
+        if c.batch_size % info.world:
+            raise ValueError(f"batch_size ({c.batch_size}) must be divisible by the number of processes ({info.world})")
+        if out is not None:
+            model.spec()  # fail now, not at the first checkpoint, if the network cannot be described
+        dev = info.device
+        self.dtype = next(model.parameters()).dtype
+        model.data_shape = tuple(data.shape[1:])
+        self.model = model.to(dev).train()
+        self.data = data.to(device=dev, dtype=self.dtype)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        ddp.broadcast_parameters(self.params, info)
+        self.opt = torch.optim.AdamW(self.params, lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
+        self.ema = EMA(model, c.ema_decay, c.ema_warmup)
+        self.gen = torch.Generator().manual_seed(c.seed)
+        torch.manual_seed(c.seed + info.rank)  # dropout, if any
+        self.sampler = EpochSampler(n, c.batch_size, c.seed)
+        self.saved_config = {
+            "data_shape": list(data.shape[1:]),
+            "train": {"sigma_dist": self.sdist.config(), "weighting": c.weighting, "batch_size": c.batch_size,
+                      "lr": c.lr, "warmup": c.warmup, "grad_clip": c.grad_clip, "weight_decay": c.weight_decay,
+                      "betas": list(c.betas), "ema_decay": c.ema_decay, "ema_warmup": c.ema_warmup, "seed": c.seed,
+                      "data": data_desc, "steps": c.steps, "world_size": info.world},
+            "train_config": c.as_dict(),
+        }
+        self.loss_fn = torch.compile(denoising_loss) if c.compile else denoising_loss
+        self.autocast = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=c.bf16 and dev.type == "cuda")
+        self.local = c.batch_size // info.world
+        self.lo = info.rank * self.local
+        self.draw = torch.float64 if self.dtype == torch.float64 else torch.float32  # noise at the model's precision
+        self.pin = dev.type == "cuda"
+
+    # ---------------------------------------------------------------------- resume
+    def resume(self) -> int:
+        """Load ``out``'s newest valid checkpoint if its model and config agree; the step to continue from."""
+        ck = None if self.out is None else ckpt_io.resume_point(self.out)
+        if ck is None:
+            return 0
         saved = ckpt_io.read_config(ck)
-        if saved["model"] != model.spec():
-            raise ValueError(f"cannot resume from {ck}: it holds model {saved['model']}, not {model.spec()}; "
+        if saved["model"] != self.model.spec():
+            raise ValueError(f"cannot resume from {ck}: it holds model {saved['model']}, not {self.model.spec()}; "
                              "use resume=False or another out directory")
-        changed = {k: (saved["train"].get(k), config["train"][k]) for k in _RESUME_KEYS
-                   if saved["train"].get(k) != config["train"][k]}
+        if "train_config" not in saved:
+            raise ValueError(f"cannot resume from {ck}: it was written by scoredyn 0.1 (no train_config); "
+                             "use resume=False or another out directory")
+        changed = TrainConfig.from_dict(saved["train_config"]).differences(self.config)
+        if saved["train"].get("data") != self.saved_config["train"]["data"]:
+            changed["data"] = (saved["train"].get("data"), self.saved_config["train"]["data"])
         if changed:
             raise ValueError(f"cannot resume from {ck}: training arguments differ (saved, now): {changed}; "
                              "use resume=False or another out directory")
-        ckpt_io.load_weights(model, ck / "model.safetensors", dev)
-        ckpt_io.load_weights(ema.module, ck / "ema.safetensors", dev)
-        ckpt_io.load_optimizer(opt, ck, saved["optimizer"])
-        _set_rng_state(ckpt_io.load_rng(ck), gen, dev)
-        start = int(saved["step"])
-    log_path = out_p / "metrics.jsonl" if out_p is not None else None
+        dev = self.info.device
+        ckpt_io.load_weights(self.model, ck / "model.safetensors", dev)
+        ckpt_io.load_weights(self.ema.module, ck / "ema.safetensors", dev)
+        ckpt_io.load_optimizer(self.opt, ck, saved["optimizer"])
+        _set_rng_state(ckpt_io.load_rng(ck), self.gen, dev)
+        return int(saved["step"])
+
+    # ---------------------------------------------------------------------- step
+    def step(self, step: int) -> tuple[Tensor, Optional[Tensor], float, float]:
+        """One optimizer step on the global batch of ``step`` (this rank's slice): ``(loss, grad_norm, lr, ema decay)``."""
+        c, dev, lo, local = self.config, self.info.device, self.lo, self.local
+        idx = self.sampler.indices(step)[lo : lo + local]
+        sigma = self.sdist.sample(c.batch_size, self.gen)[lo : lo + local]
+        noise = torch.randn((c.batch_size, *self.data.shape[1:]), generator=self.gen, dtype=self.draw)[lo : lo + local]
+        if self.pin:  # page-locked host copies let the transfers run without blocking the host
+            sigma, noise = sigma.pin_memory(), noise.pin_memory()
+        x0 = self.data[idx.to(dev)]
+        with torch.autocast(**self.autocast):  # type: ignore[arg-type]
+            per_sample = self.loss_fn(self.model, x0, sigma.to(dev, self.dtype, non_blocking=self.pin),
+                                      noise.to(dev, self.dtype, non_blocking=self.pin), c.weighting)
+        loss = per_sample.sum() / c.batch_size
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        ddp.all_reduce_grads(self.params, self.info)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip) if c.grad_clip > 0 else None
+        lr_now = c.lr * min(1.0, (step + 1) / c.warmup) if c.warmup else c.lr
+        for group in self.opt.param_groups:
+            group["lr"] = lr_now
+        self.opt.step()
+        decay = self.ema.update(self.model, step)
+        return loss.detach(), grad_norm, lr_now, decay
+
+    # ---------------------------------------------------------------------- checkpoint
+    def checkpoint(self, done: int, on_checkpoint: Optional[Callable[[int, Path], None]]) -> None:
+        """Save weights, EMA, optimizer and RNG state after ``done`` steps (main rank), after a finiteness check."""
+        assert self.out is not None
+        if not bool(torch.isfinite(torch.cat([p.detach().reshape(-1) for p in self.params])).all()):
+            raise RuntimeError(f"training diverged: non-finite weights at step {done}; lower lr or raise warmup")
+        if self.info.is_main:
+            path = ckpt_io.save_checkpoint(self.out, done, model=self.model, ema=self.ema.module, optimizer=self.opt,
+                                           rng=_rng_state(self.gen, self.info.device), config=self.saved_config,
+                                           keep=self.config.keep)
+            if on_checkpoint is not None:
+                on_checkpoint(done, path)
+        ddp.barrier(self.info)
+
+
+def _fit(model: Preconditioned, data: Union[Tensor, str], config: TrainConfig, info: ddp.DistInfo, *,
+         out: Optional[Path], resume: bool, overwrite: bool, progress: bool, data_root: Optional[str], data_n: Optional[int],
+         on_checkpoint: Optional[Callable[[int, Path], None]]) -> Preconditioned:
+    data_t, data_desc = _load_data(data, data_root, data_n, config.seed)
+    run = _Run(model, data_t, data_desc, config, info, out)
+    if out is not None and info.is_main:
+        ckpt_io.prepare_run(out, resume=resume, overwrite=overwrite)
+    ddp.barrier(info)
+    start = run.resume() if resume else 0
+    log_path = out / "metrics.jsonl" if out is not None else None
     if log_path is not None and info.is_main:
-        out_p.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+        out.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
         _truncate_log(log_path, start)
 
-    loss_fn = torch.compile(denoising_loss) if compile else denoising_loss
-    autocast = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=bf16 and dev.type == "cuda")
-    local = batch_size // info.world
-    lo = info.rank * local
+    # ---------------------------------------------------------------------- training loop
+    steps, dev = config.steps, info.device
     loss_sum = torch.zeros((), device=dev)
+    monitor = DivergenceMonitor(config.lr, run.data, reduce=lambda t: ddp.all_reduce_sum(t, info))
     n_logged, t_log = 0, time.perf_counter()
-    draw = torch.float64 if dtype == torch.float64 else torch.float32  # noise drawn at the model's precision
-    pin = dev.type == "cuda"
     bar = tqdm(total=steps, initial=start, desc="train", disable=not progress or not info.is_main, dynamic_ncols=True)
     for step in range(start, steps):
-        idx = sampler.indices(step)[lo : lo + local]
-        sigma = sdist.sample(batch_size, gen)[lo : lo + local]
-        noise = torch.randn((batch_size, *data_t.shape[1:]), generator=gen, dtype=draw)[lo : lo + local]
-        if pin:  # page-locked host copies let the transfers run without blocking the host
-            sigma, noise = sigma.pin_memory(), noise.pin_memory()
-        x0 = data_t[idx.to(dev)]
-        with torch.autocast(**autocast):  # type: ignore[arg-type]
-            per_sample = loss_fn(model, x0, sigma.to(dev, dtype, non_blocking=pin),
-                                 noise.to(dev, dtype, non_blocking=pin), weighting)
-        loss = per_sample.sum() / batch_size
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        ddp.all_reduce_grads(params, info)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip) if grad_clip > 0 else None
-        lr_now = lr * min(1.0, (step + 1) / warmup) if warmup else lr
-        for group in opt.param_groups:
-            group["lr"] = lr_now
-        opt.step()
-        decay = ema.update(model, step)
-        loss_sum += loss.detach().float()
+        loss, grad_norm, lr_now, decay = run.step(step)
+        loss_sum += loss.float()
+        monitor.record(loss)
         n_logged += 1
         done = step + 1
         bar.update(1)
-        if done % log_every == 0 or done == steps:
+        if done % config.log_every == 0 or done == steps:
+            monitor.check(done)
             mean_loss = float(ddp.all_reduce_sum(loss_sum, info)) / n_logged
-            if not math.isfinite(mean_loss):
-                raise RuntimeError(f"training diverged: loss {mean_loss} at step {done}; lower lr or raise warmup")
             now = time.perf_counter()
             rec = {"step": done, "loss": mean_loss, "lr": lr_now, "ema_decay": decay,
                    "grad_norm": None if grad_norm is None else float(grad_norm), "it_s": n_logged / (now - t_log)}
@@ -297,14 +306,8 @@ def _fit(model: Preconditioned, data: Union[Tensor, str], info: ddp.DistInfo, sd
                         fh.write(json.dumps(rec) + "\n")
             loss_sum.zero_()
             n_logged, t_log = 0, now
-        if out_p is not None and (done % ckpt_every == 0 or done == steps):
-            if not bool(torch.isfinite(torch.cat([p.detach().reshape(-1) for p in params])).all()):
-                raise RuntimeError(f"training diverged: non-finite weights at step {done}; lower lr or raise warmup")
-            if info.is_main:
-                path = ckpt_io.save_checkpoint(out_p, done, model=model, ema=ema.module, optimizer=opt,
-                                               rng=_rng_state(gen, dev), config=config, keep=keep)
-                if on_checkpoint is not None:
-                    on_checkpoint(done, path)
-            ddp.barrier(info)
+        if out is not None and (done % config.ckpt_every == 0 or done == steps):
+            monitor.check(done)
+            run.checkpoint(done, on_checkpoint)
     bar.close()
-    return ema.module.eval()
+    return run.ema.module.eval()

@@ -9,7 +9,7 @@
   (Karras et al. 2022, Table 1); sigma_min/sigma_max are not used to draw.
 
 A noise-agnostic network learns the optimum *of its training distribution*: to compare with
-``scoredyn.analytic.NoiseAgnostic(data, sigma_min, sigma_max, conditioning, levels)`` train with
+``scoredyn.analytic.NoiseAgnostic(data, sigma_min=..., sigma_max=..., conditioning=..., levels=...)`` train with
 ``loguniform`` (``levels=None``) or ``geometric`` with the same levels.
 """
 
@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .._checks import check_positive
+from .._checks import check_positive, check_range
 from ..sample.grids import sigmas_geometric
 
 SIGMA_DISTS = ("geometric", "loguniform", "lognormal")
@@ -32,15 +32,12 @@ Levels = Union[int, Sequence[float], Tensor, None]
 class SigmaDist:
     """A distribution of training noise levels; :meth:`sample` draws from a given generator."""
 
-    def __init__(self, name: str, sigma_min: float, sigma_max: float, levels: Levels = None,
+    def __init__(self, name: str, *, sigma_min: float, sigma_max: float, levels: Levels = None,
                  p_mean: float = -1.2, p_std: float = 1.2) -> None:
         if name not in SIGMA_DISTS:
             raise ValueError(f"unknown sigma_dist {name!r}; expected one of {', '.join(SIGMA_DISTS)}")
         self.name = name
-        self.sigma_min = check_positive("sigma_min", sigma_min)
-        self.sigma_max = check_positive("sigma_max", sigma_max)
-        if self.sigma_min > self.sigma_max:
-            raise ValueError(f"sigma_min ({sigma_min}) must not exceed sigma_max ({sigma_max})")
+        self.sigma_min, self.sigma_max = check_range(sigma_min, sigma_max, allow_equal=True)
         self.p_mean = float(p_mean)
         self.p_std = check_positive("p_std", p_std)
         self.levels: Optional[Tensor] = None
@@ -48,7 +45,7 @@ class SigmaDist:
             if levels is None:
                 raise ValueError("sigma_dist 'geometric' needs levels: their number or the noise levels themselves")
             if isinstance(levels, int):
-                self.levels = sigmas_geometric(levels, self.sigma_max, self.sigma_min)
+                self.levels = sigmas_geometric(levels, sigma_min=self.sigma_min, sigma_max=self.sigma_max)
             else:
                 lv = torch.as_tensor(levels, dtype=torch.float64).reshape(-1).cpu()
                 if lv.numel() == 0 or not bool(torch.isfinite(lv).all()) or bool((lv <= 0).any()):
