@@ -85,16 +85,16 @@ TRAIN = r"""
 import json, statistics, sys, tempfile, torch
 from pathlib import Path
 from scoredyn.nets import UNet, precondition
-from scoredyn.train import fit
+from scoredyn.train import TrainConfig, fit
 dev, steps, window = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 imgs = torch.rand(1024, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
 rates = {}
 for bf16 in ([True, False] if dev != "cpu" else [False]):
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
-        fit(precondition(UNet(1), "multiplicative"), imgs, steps=steps, batch_size=128, lr=2e-4,
-            sigma_dist="lognormal", sigma_min=0.002, sigma_max=80.0, warmup=10, device=dev, out=tmp,
-            ckpt_every=10**9, log_every=window, progress=False, bf16=bf16)
+        config = TrainConfig(steps=steps, batch_size=128, lr=2e-4, sigma_dist="lognormal", sigma_min=0.002,
+                             sigma_max=80.0, warmup=10, ckpt_every=10**9, log_every=window, bf16=bf16)
+        fit(precondition(UNet(1), "multiplicative"), imgs, config, device=dev, out=tmp, progress=False)
         its = [json.loads(s)["it_s"] for s in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
     rates["bf16" if bf16 else "float32"] = statistics.median(its[1:] or its)
 for k, v in rates.items():
