@@ -68,7 +68,7 @@ def test_analyse_cli_on_a_trained_moons_run(moons_run: Path, tmp_path: Path, cap
     assert rc == 0, err.err
     assert "Is it memorizing?" in err.out and "CPU" in err.out
     res = json.loads((out / "results.json").read_text())
-    _check_report(out, res, ran=SECTION_TITLES[:6] + SECTION_TITLES[7:])
+    _check_report(out, res, ran=SECTION_TITLES)
     notes = res["studies"]["analyse"]["notes"]
     assert any("SHA-256 matches" in n for n in notes), f"the run's training data was not recognised: {notes}"
     head = dict(_sections(res)["Findings"]["tables"]["headline"]["rows"])
@@ -85,9 +85,23 @@ def test_analyse_python_without_heldout_skips_what_needs_it(moons_run: Path, tmp
     model = train.load(moons_run)
     x = data.load("moons", n=300)
     res = analyse.run(model, x, None, tmp_path, analyse.preset("tiny"), progress=False, log=lambda s: None)
-    _check_report(tmp_path, res, ran=SECTION_TITLES[:6])
+    _check_report(tmp_path, res, ran=SECTION_TITLES[:7])
     q = _sections(res)["3. Quality"]["tables"]["quality"]["rows"]
     assert any(r[0].startswith("floor: training data, one half") for r in q), q
+
+
+def test_a_model_without_reverse_mode_autograd_gets_its_likelihood_section_skipped(tmp_path: Path) -> None:
+    from scoredyn.analytic import Empirical
+
+    x = data.load("moons", n=64)
+    cfg = analyse.with_overrides(analyse.preset("tiny"), gmm_components=(2,), n_samples=16)
+    res = analyse.run(Empirical(x), x, data.load("moons", n=64, split="test"), tmp_path, cfg, progress=False,
+                      log=lambda s: None)
+    text = _sections(res)["6. Likelihood"]["text"]
+    assert text.startswith("Skipped: ") and "autograd" in text, text
+    _check_report(tmp_path, res, ran=SECTION_TITLES[:6])
+    head = dict(_sections(res)["Findings"]["tables"]["headline"]["rows"])
+    assert head["copy_fraction"] > 0.9, f"the empirical denoiser itself copies: {head['copy_fraction']}"
 
 
 def test_model_and_data_shape_mismatch_is_a_clear_error(moons_run: Path, tmp_path: Path,
@@ -169,7 +183,7 @@ def test_random_diffusers_unet_is_analysed(tmp_path: Path, capsys: pytest.Captur
                "--tiny", "--n", "16", "--steps", "6", "--out", str(out), "--no-progress"])
     assert rc == 0, capsys.readouterr().err
     res = json.loads((out / "results.json").read_text())
-    _check_report(out, res, ran=SECTION_TITLES[:6])
+    _check_report(out, res, ran=SECTION_TITLES[:7])
     assert "diffusers model" in res["config"]["model"]
     # the UNet was built for 8x8 single-channel images: 28x28 data is refused before any work
     np.save(tmp_path / "big.npy", torch.zeros(8, 1, 28, 28).numpy())
