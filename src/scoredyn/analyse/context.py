@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -20,6 +21,13 @@ VERSION = 1
 
 #: Random streams (``scoredyn.studies.common.seeds``): one per use, so no two draws share seeds.
 STREAM_SAMPLES, STREAM_SUBSET, STREAM_UV, STREAM_LIKELIHOOD = 1, 2, 3, 4
+
+
+@dataclass
+class StageValues:
+    """A section's cached result: named numbers, strings, lists and tensors."""
+
+    values: dict[str, Any]
 
 
 @dataclass
@@ -72,7 +80,12 @@ class Analysis:
 
     def stage(self, name: str, config: dict[str, Any], work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """Run (or reuse) stage ``analyse.<name>`` keyed by ``base() | config``; tensors come back on the device."""
-        res = self.ctx.stages.run(f"analyse.{name}", {**self.base(), **config}, work)
+        run, conf = self.ctx.stages.run, {**self.base(), **config}
+        if "result_type" in inspect.signature(run).parameters:  # the typed stage cache (studies, issue 12)
+            res = run(f"analyse.{name}", conf, lambda: StageValues(dict(work())), version=VERSION,
+                      result_type=StageValues).values
+        else:
+            res = run(f"analyse.{name}", conf, work)
         return {k: v.to(self.ctx.device) if isinstance(v, Tensor) else v for k, v in res.items()}
 
     def subset(self, x: Tensor, n: int, stream: int) -> Tensor:
