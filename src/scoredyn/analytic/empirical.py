@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import check_count, check_positive, on_host
+from .._checks import SigmaLike, check_count, check_positive, on_host
 from .._dist import all_gather_topk
 from ._stream import TrainingSet, stream_logits, stream_topk
 from .base import AnalyticDenoiser
@@ -142,8 +142,10 @@ class Empirical(AnalyticDenoiser):
         self.chunk_size = check_chunk(chunk_size)
         self.top_k = check_count("top_k", top_k, none="all points")
 
-    def temperatures(self, sigma: Tensor) -> Tensor:
-        """``T(sigma)`` as a validated ``(B,)`` tensor."""
+    def temperatures(self, sigma: SigmaLike) -> Tensor:
+        """``T(sigma)`` as a validated tensor of sigma's shape (a float gives a 0-d tensor in the model dtype)."""
+        if not isinstance(sigma, Tensor):
+            sigma = torch.tensor(check_positive("sigma", sigma), dtype=self._reference().dtype, device=self._reference().device)
         if not callable(self.temperature):
             return torch.full_like(sigma, self.temperature)
         t = self.temperature(sigma)
