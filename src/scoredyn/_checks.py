@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional, Union
+import numbers
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
 SigmaLike = Union[float, int, Tensor]
+Seeds = Optional[Union[Sequence[int], Tensor]]
 Denoiser = Callable[[Tensor, SigmaLike], Tensor]
 """A denoiser ``D(x, sigma) ~ E[x_0 | x_sigma = x]`` (DESIGN.md §2)."""
 
@@ -134,6 +136,16 @@ def check_count(name: str, n: object, least: int = 1, none: Optional[str] = None
     return int(n)  # type: ignore[call-overload]
 
 
+def check_choice(name: str, value: Any, choices: Sequence[str], *, count_least: Optional[int] = None) -> Any:
+    """One of ``choices``, or (with ``count_least``) an integer ``>= count_least`` returned as ``int``."""
+    if isinstance(value, str) and value in choices:
+        return value
+    if count_least is not None and is_int(value) and int(value) >= count_least:
+        return int(value)
+    allowed = ", ".join(repr(c) for c in choices) + (f" or an int >= {count_least}" if count_least is not None else "")
+    raise ValueError(f"{name} must be {allowed}, got {name}={value!r}")
+
+
 def check_range(
     sigma_min: float, sigma_max: float, *, allow_equal: bool = False, allow_zero: bool = False,
     names: tuple[str, str] = ("sigma_min", "sigma_max"),
@@ -153,3 +165,35 @@ def check_range(
 def bcast(v: Tensor, x: Tensor) -> Tensor:
     """Reshape a per-sample ``(B,)`` tensor to broadcast against ``x`` of shape ``(B, ...)``."""
     return v.reshape(v.shape[0], *([1] * (x.dim() - 1)))
+
+
+def is_int(v: object) -> bool:
+    """Whether ``v`` is an integer value (Python or NumPy), not a bool: the type test of JSON fields and seeds."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def is_number(v: object) -> bool:
+    """Whether ``v`` is a real number (int or float), not a bool."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def check_seeds(seeds: Seeds, batch: int) -> Optional[tuple[int, ...]]:
+    """``None``, or one integer seed per sample (a sequence or an integer tensor of length ``batch``)."""
+    if seeds is None:
+        return None
+    if isinstance(seeds, Tensor):
+        if seeds.dim() != 1 or seeds.is_floating_point() or seeds.is_complex():
+            raise ValueError(f"seeds must be a 1-D integer tensor, got shape {tuple(seeds.shape)} dtype {seeds.dtype}")
+        out = tuple(int(s) for s in seeds.tolist())
+    else:
+        try:
+            items = list(seeds)
+        except TypeError:
+            raise ValueError(f"seeds must be a sequence of integers (one per sample), got {type(seeds).__name__}") from None
+        for s in items:
+            if not is_int(s):
+                raise ValueError(f"seeds must be integers, got {s!r} of type {type(s).__name__}")
+        out = tuple(int(s) for s in items)
+    if len(out) != batch:
+        raise ValueError(f"got {len(out)} seed(s) for a batch of {batch} sample(s); expected one seed per sample")
+    return out
