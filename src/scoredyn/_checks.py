@@ -111,11 +111,22 @@ def as_sigma(sigma: SigmaLike, batch: int, like: Tensor, name: str = "sigma", al
     return s
 
 
+def check_real(name: str, value: object) -> float:
+    """A finite real number, returned as ``float`` (a bool or a value ``float()`` cannot read is refused by name)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {name}={value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return v
+
+
 def check_positive(name: str, value: float, allow_zero: bool = False) -> float:
     """A finite positive scalar (or non-negative with ``allow_zero``)."""
-    v = float(value)
-    if not (v == v) or v in (float("inf"), float("-inf")):
-        raise ValueError(f"{name} must be finite, got {value}")
+    v = check_real(name, value)
     if (v < 0) if allow_zero else (v <= 0):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
     return v
@@ -175,6 +186,24 @@ def is_int(v: object) -> bool:
 def is_number(v: object) -> bool:
     """Whether ``v`` is a real number (int or float), not a bool."""
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def check_flag(name: str, value: object) -> bool:
+    """A bool (``bool("no")`` is ``True``, so strings and numbers are refused, not converted)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {name}={value!r}")
+    return value
+
+
+def check_shape(name: str, shape: object) -> tuple[int, ...]:
+    """A per-sample shape: a sequence of positive integers (``(2,)``, ``(1, 28, 28)``)."""
+    try:
+        dims = tuple(shape)  # type: ignore[call-overload]
+    except TypeError:
+        dims = None
+    if dims is None or not all(is_int(d) and int(d) > 0 for d in dims):
+        raise ValueError(f"{name} must be a sequence of positive integers such as (2,) or (1, 28, 28), got {name}={shape!r}")
+    return tuple(int(d) for d in dims)
 
 
 def check_seeds(seeds: Seeds, batch: int) -> Optional[tuple[int, ...]]:
