@@ -226,3 +226,20 @@ def check_seeds(seeds: Seeds, batch: int) -> Optional[tuple[int, ...]]:
     if len(out) != batch:
         raise ValueError(f"got {len(out)} seed(s) for a batch of {batch} sample(s); expected one seed per sample")
     return out
+
+
+def check_device(device: Optional[Union[str, torch.device]]) -> Optional[torch.device]:
+    """``None`` or a torch device that exists on this machine (a clear error instead of torch's assert)."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device={device!r} is not a torch device ({e}); expected e.g. 'cpu', 'cuda' or 'cuda:1'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} but CUDA is not available here (torch {torch.__version__}, built for "
+                             f"CUDA {torch.version.cuda}); use device='cpu' or a machine with a GPU")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Callable, Optional, Union
 
+import torch
 from torch import Tensor, nn
 
-from .._checks import SigmaLike, as_sigma, bcast, check_query
+from .._checks import SigmaLike, as_sigma, bcast, check_device, check_query
+from ._stream import TrainingSet
 
 
 class AnalyticDenoiser(nn.Module):
@@ -30,6 +32,15 @@ class AnalyticDenoiser(nn.Module):
         if body is not None and not getattr(body, "_validates", False):
             cls._denoise = body  # type: ignore[assignment]
             cls.denoise = _validating(body)  # type: ignore[assignment]
+
+    def bind_training_set(self, data: object, device: Optional[Union[str, torch.device]], group: object) -> TrainingSet:
+        """Hold ``data`` as the streamed training set (``.trainset``; DESIGN.md §7) and take its
+        ``data_shape``, ``n_points`` and ``dim`` (the models built on the training points)."""
+        self.trainset = TrainingSet(data, check_device(device), group)
+        self.data_shape = self.trainset.data_shape
+        self.n_points = self.trainset.n_points
+        self.dim = self.trainset.dim
+        return self.trainset
 
     def _reference(self) -> Tensor:
         """A tensor whose dtype and device are the model's (its first buffer)."""
