@@ -145,3 +145,42 @@ def test_gaussian_methods_take_every_sigma_form() -> None:
     gm = _models()["GaussianMixture"]
     assert torch.allclose(gm.log_prob(x, 0.3), gm.log_prob(x, torch.full((4,), 0.3)))
     assert gm.sample(3, torch.tensor(0.2)).shape == (3, 3)
+
+
+def _public_callables() -> list[tuple[str, Callable[..., Any]]]:
+    out = []
+    for module in _sections():
+        mod = importlib.import_module(module)
+        for name in getattr(mod, "__all__", ()):
+            obj = getattr(mod, name)
+            if inspect.isclass(obj):
+                out.append((f"{module}.{name}", obj.__init__))
+                out += [(f"{module}.{name}.{k}", v) for k, v in vars(obj).items()
+                        if not k.startswith("_") and inspect.isfunction(getattr(v, "__func__", v))]
+            elif callable(obj):
+                out.append((f"{module}.{name}", obj))
+    return out
+
+
+def test_noise_ranges_are_keyword_only_everywhere() -> None:
+    """Issue 10 §1: ``sigma_min=`` and ``sigma_max=`` are keyword-only in every public signature."""
+    found, positional = 0, []
+    for name, fn in _public_callables():
+        params = inspect.signature(getattr(fn, "__func__", fn)).parameters.values()
+        for p in params:
+            if p.name in ("sigma_min", "sigma_max"):
+                found += 1
+                if p.kind is not p.KEYWORD_ONLY:
+                    positional.append(f"{name}({p.name})")
+    assert found >= 10, f"only {found} noise-range parameters found: the scan is not seeing the API"
+    assert not positional, f"positional noise ranges: {positional}"
+
+
+def test_metrics_take_samples_then_reference() -> None:
+    """Issue 10 §2: every metric comparing two sets takes ``(samples, reference, ...)``."""
+    from scoredyn import metrics
+
+    two_sets = ["energy_distance", "fid", "kid", "memorization", "mmd", "precision_recall", "sliced_wasserstein"]
+    for name in two_sets:
+        first = list(inspect.signature(getattr(metrics, name)).parameters)[:2]
+        assert first == ["samples", "reference"], f"metrics.{name} starts with {first}"
