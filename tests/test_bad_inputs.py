@@ -241,6 +241,8 @@ API_CONFIG: list[tuple[str, Callable[[], Any], type, str]] = [
     ("ema-decay-above-one", lambda: _tc(ema_decay=1.5), ValueError, r"ema_decay must be below 1 .*got 1.5"),
     ("levels-string", lambda: _tc(sigma_dist="geometric", levels="ten"), ValueError, r"levels must be an int \(their number\) or a sequence of noise levels, got levels='ten'"),
     ("betas-string", lambda: _tc(betas="0.9"), ValueError, r"betas must be two numbers in \[0, 1\), got betas='0.9'"),
+    # the geometric grid's own check named its argument n: "n must be an integer >= 2, got n=1"
+    ("levels-one", lambda: _tc(sigma_dist="geometric", levels=1), ValueError, r"levels must be an integer >= 2, got levels=1"),
     ("replace-unknown-field", lambda: _tc().replace(stepz=1), ValueError, r"unknown TrainConfig field\(s\) \['stepz'\]; expected some of \['batch_size'"),
     ("from-dict-missing-fields", lambda: TrainConfig.from_dict({"steps": 1}), ValueError, r"TrainConfig lacks the required field\(s\) \['batch_size', 'lr', 'sigma_dist', 'sigma_min', 'sigma_max'\]"),
     ("from-dict-not-a-mapping", lambda: TrainConfig.from_dict([1]), ValueError, r"read from a mapping of its fields, got list"),
@@ -555,7 +557,11 @@ def _cli_train_cases(tmp: Path, run: Path) -> dict[str, tuple[list[str], str]]:
     ro.mkdir()
     ro.chmod(0o500)
     nonempty = _copy_run(run, tmp / "nonempty")
+    rng_cut = _copy_run(run, tmp / "rng-cut")
+    _truncate_rng(rng_cut / "ckpt" / "step-000000004")
     return {
+        "resume-rng-truncated": ([*TRAIN[:-1], "--steps", "6", "--no-progress", "--out", str(rng_cut)],
+                                 r"generator state 'batch' is 100 torch.uint8 values; expected \d+ uint8"),
         "out-is-a-file": ([*TRAIN, "--out", str(tmp / "file")], r"run folder .*file is an existing file; expected a folder"),
         "out-in-read-only-folder": ([*TRAIN, "--out", str(ro / "run")], r"error: Permission denied: .*readonly/run"),
         "out-under-a-file": ([*TRAIN, "--out", str(tmp / "file" / "run")], r"error: (Not a directory|File exists): .*file"),
@@ -578,7 +584,7 @@ def _cli_train_cases(tmp: Path, run: Path) -> dict[str, tuple[list[str], str]]:
     }
 
 
-CLI_TRAIN = ["out-is-a-file", "out-in-read-only-folder", "out-under-a-file", "data-is-a-path", "data-root-is-directory",
+CLI_TRAIN = ["resume-rng-truncated", "out-is-a-file", "out-in-read-only-folder", "out-under-a-file", "data-is-a-path", "data-root-is-directory",
              "data-unknown", "data-root-for-toy", "overwrite-without-no-resume", "no-resume-on-a-run", "changed-arguments",
              "batch-larger-than-data", "unet-for-points", "zero-steps", "keep-zero", "bad-choice", "bad-int", "channel-mult-not-ints", "divergence"]
 
