@@ -162,7 +162,8 @@ _X = torch.randn(4, 2, generator=torch.Generator().manual_seed(1), dtype=D64)
 _GRID = torch.tensor([2.0, 1.0, 0.5, 0.0], dtype=D64)
 
 API_SAMPLE: list[tuple[str, Callable[[], Any], type, str]] = [
-    ("ascending-grid", lambda: SAMPLERS["euler"](_EMP, _X, torch.tensor([0.1, 1.0])), ValueError, r"sigmas must be strictly descending; sigmas\[0\] = 0.1 <= sigmas\[1\] = 1"),
+    ("ascending-grid", lambda: SAMPLERS["euler_maruyama"](_EMP, _X, torch.tensor([0.1, 1.0])), ValueError, r"sigmas must be strictly descending \(only the deterministic samplers invert: sample.invert\); sigmas\[0\] = 0.1 <= sigmas\[1\] = 1"),
+    ("non-monotone-grid", lambda: SAMPLERS["euler"](_EMP, _X, torch.tensor([0.1, 1.0, 0.5])), ValueError, r"sigmas must be strictly descending \(sampling\) or strictly ascending \(inversion\); sigmas\[1\] = 1 >= sigmas\[2\] = 0.5"),
     ("grid-nan", lambda: SAMPLERS["euler"](_EMP, _X, torch.tensor([1.0, float("nan")])), ValueError, r"NaN/Inf at index 1"),
     ("grid-negative", lambda: SAMPLERS["heun"](_EMP, _X, [1.0, -0.5]), ValueError, r"negative; expected noise levels >= 0"),
     ("grid-one-level", lambda: SAMPLERS["euler"](_EMP, _X, [1.0]), ValueError, r"sigmas has 1 value\(s\); expected a descending grid of at least 2"),

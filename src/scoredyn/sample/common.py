@@ -24,12 +24,16 @@ class SamplerDivergence(ValueError, FloatingPointError):
     """A sampler produced NaN/Inf; the message names the step index and the sigmas of that step."""
 
 
-def grid_values(sigmas: GridLike, name: str = "sigmas", min_len: int = 2) -> list[float]:
+def grid_values(sigmas: GridLike, name: str = "sigmas", min_len: int = 2, direction: str = "descending") -> list[float]:
     """Validate a sampler grid and return it as float64 Python floats.
 
     The grid must be 1-D, finite, non-negative, strictly descending, with at least ``min_len``
-    values; a 0 may only appear last (it means "denoise fully", DESIGN.md §2).
+    values; a 0 may only appear last (it means "denoise fully", DESIGN.md §2). ``direction="ascending"``
+    asks for a strictly ascending grid of positive levels instead (inversion, :func:`~scoredyn.sample.invert`);
+    ``"either"`` accepts both.
     """
+    if direction not in ("descending", "ascending", "either"):
+        raise ValueError(f"direction must be 'descending', 'ascending' or 'either', got {direction!r}")
     if isinstance(sigmas, Tensor):
         if sigmas.dim() != 1:
             raise ValueError(f"{name} must be a 1-D tensor of noise levels, got shape {tuple(sigmas.shape)}")
@@ -47,11 +51,18 @@ def grid_values(sigmas: GridLike, name: str = "sigmas", min_len: int = 2) -> lis
     neg = [i for i, v in enumerate(vals) if v < 0]
     if neg:
         raise ValueError(f"{name}[{neg[0]}] = {vals[neg[0]]:.6g} is negative; expected noise levels >= 0")
+    up = direction == "ascending" or (direction == "either" and vals[1] > vals[0])
     for i in range(len(vals) - 1):
-        if not vals[i + 1] < vals[i]:
+        if up and not vals[i + 1] > vals[i]:
+            what = "strictly descending (sampling) or strictly ascending (inversion)" if direction == "either" else "strictly ascending"
+            raise ValueError(f"{name} must be {what}; {name}[{i}] = {vals[i]:.6g} >= {name}[{i + 1}] = {vals[i + 1]:.6g}")
+        if not up and not vals[i + 1] < vals[i]:
+            hint = " (only the deterministic samplers invert: sample.invert)" if vals[i + 1] > vals[i] else ""
             raise ValueError(
-                f"{name} must be strictly descending; {name}[{i}] = {vals[i]:.6g} <= {name}[{i + 1}] = {vals[i + 1]:.6g}"
+                f"{name} must be strictly descending{hint}; {name}[{i}] = {vals[i]:.6g} <= {name}[{i + 1}] = {vals[i + 1]:.6g}"
             )
+    if up and vals[0] == 0:
+        raise ValueError(f"an ascending {name} must start above 0 (the probability-flow ODE is singular at sigma = 0)")
     return vals
 
 
@@ -106,6 +117,7 @@ class Run:
         seeds: Seeds = None,
         callback: Optional[Callback] = None,
         progress: bool = False,
+        invertible: bool = False,
     ) -> None:
         if not callable(denoiser):
             raise ValueError(f"{name}: denoiser must be callable as denoiser(x, sigma), got {type(denoiser).__name__}")
@@ -114,7 +126,9 @@ class Run:
         self.name = name
         self.denoiser = denoiser
         check_state("x", x)
-        self.sigmas = grid_values(sigmas)
+        self.sigmas = grid_values(sigmas, direction="either" if invertible else "descending")
+        self.ascending = self.sigmas[1] > self.sigmas[0]
+        """An ascending grid (inversion: data -> noise; only samplers built with ``invertible=True``)."""
         self.seeds = check_seeds(seeds, x.shape[0])
         self.callback = callback
         self.progress = bool(progress)

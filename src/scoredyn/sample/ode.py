@@ -71,8 +71,12 @@ def ode_adaptive_sampler(
 ) -> Tensor:
     """Adaptive Dormand-Prince on the probability-flow ODE from ``sigmas[0]`` to the last positive level,
     then ``D`` when the grid ends in 0 (the registry form of :func:`ode_adaptive`)."""
-    run = Run("ode_adaptive", denoiser, x, sigmas, seeds, callback, progress)
+    run = Run("ode_adaptive", denoiser, x, sigmas, seeds, callback, progress, invertible=True)
     sig = run.sigmas
+    if run.ascending:  # inversion, data -> noise
+        from .invert import ode_ascending
+
+        return run.finish(ode_ascending(denoiser, x, sig[0], sig[-1], rtol=rtol, atol=atol))
     last = sig[-2] if sig[-1] == 0 else sig[-1]
     x = ode_adaptive(denoiser, x, sigma_min=last, sigma_max=sig[0], rtol=rtol, atol=atol).x
     if sig[-1] == 0:
