@@ -20,7 +20,7 @@ ENTRY = re.compile(r"^- `(\w+)\((.*)\)(?: -> .*)?`: ", re.M)
 
 def _annotation(a: Any) -> str:
     text = a if isinstance(a, str) else inspect.formatannotation(a)
-    return text.replace("torch.Tensor", "Tensor").replace("'", "")
+    return text.replace("torch.Tensor", "Tensor").replace("typing.", "").replace("'", "")
 
 
 def documented_form(obj: Callable[..., Any]) -> str:
