@@ -57,7 +57,7 @@ import torch
 from torch import Tensor
 
 from .._checks import SigmaLike, bcast, check_count, check_positive, check_query, check_range
-from ._stream import log_tiny, stream_pairs
+from ._stream import log_floor, stream_pairs
 from .base import AnalyticDenoiser
 from .empirical import auto_chunk, check_chunk, check_output
 
@@ -226,7 +226,7 @@ class _LogF(torch.nn.Module):
         self.register_buffer("s0", s0, persistent=False)
         self.fast = grid.uniform and not self.full and grid.per_group == 1
         self.beta = beta
-        self.lt = log_tiny(dtype)
+        self.lt = log_floor(dtype)
 
     @property
     def nodes_per_point(self) -> int:
