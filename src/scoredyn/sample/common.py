@@ -9,16 +9,14 @@ tensor in ``x``'s dtype. The grid is read to the host once per run, never inside
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
-from .._checks import Denoiser, check_finite, check_state
+from .._checks import Denoiser, Seeds, check_finite, check_seeds, check_state
 
 Callback = Callable[[dict], Any]
-Seeds = Optional[Union[Sequence[int], Tensor]]
 GridLike = Union[Tensor, Sequence[float]]
 
 
@@ -66,28 +64,6 @@ def grid_values(sigmas: GridLike, name: str = "sigmas", min_len: int = 2, direct
     if up and vals[0] == 0:
         raise ValueError(f"an ascending {name} must start above 0 (the probability-flow ODE is singular at sigma = 0)")
     return vals
-
-
-def check_seeds(seeds: Seeds, batch: int) -> Optional[tuple[int, ...]]:
-    """``None``, or one integer seed per sample (a sequence or an integer tensor of length ``batch``)."""
-    if seeds is None:
-        return None
-    if isinstance(seeds, Tensor):
-        if seeds.dim() != 1 or seeds.is_floating_point() or seeds.is_complex():
-            raise ValueError(f"seeds must be a 1-D integer tensor, got shape {tuple(seeds.shape)} dtype {seeds.dtype}")
-        out = tuple(int(s) for s in seeds.tolist())
-    else:
-        try:
-            items = list(seeds)
-        except TypeError:
-            raise ValueError(f"seeds must be a sequence of integers (one per sample), got {type(seeds).__name__}") from None
-        for s in items:
-            if isinstance(s, bool) or not isinstance(s, numbers.Integral):
-                raise ValueError(f"seeds must be integers, got {s!r} of type {type(s).__name__}")
-        out = tuple(int(s) for s in items)
-    if len(out) != batch:
-        raise ValueError(f"got {len(out)} seed(s) for a batch of {batch} sample(s); expected one seed per sample")
-    return out
 
 
 class CountNFE:

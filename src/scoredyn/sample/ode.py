@@ -15,8 +15,8 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import Tensor
 
-from .._checks import Denoiser, bcast, check_count, check_data, check_positive, check_range, check_state
-from .._integrate import Solution, integrate, odeint_dopri5, tolerances
+from .._checks import Denoiser, bcast, check_choice, check_count, check_data, check_positive, check_range, check_state
+from .._integrate import METHODS, Solution, integrate, odeint_dopri5, tolerances
 from .common import Callback, GridLike, Run, SamplerDivergence, Seeds
 
 Field = Callable[[Tensor], Tensor]
@@ -130,6 +130,8 @@ def autonomous(
     f = as_field(field)
     x = check_state("x", x)
     times = _time_grid(tau, n_steps)
+    if method is not None:
+        check_choice("method", method, METHODS)
     if method is None:
         fixed = n_steps is not None or (isinstance(tau, Tensor) and rtol is None and atol is None)
         method = "euler" if fixed else "dopri5"

@@ -22,6 +22,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from .._checks import is_int, is_number
 from .._io import atomic_write
 
 from ..nets.precondition import CONDITIONINGS
@@ -171,9 +172,9 @@ def check_options(sampler: str, fn: Any, options: dict[str, Any]) -> dict[str, A
         if isinstance(default, bool):
             ok = isinstance(value, bool)
         elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
+            ok = is_int(value)
         elif isinstance(default, float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok = is_number(value)
             value = float(value) if ok else value
         elif isinstance(default, str):
             ok = isinstance(value, str)
