@@ -20,6 +20,14 @@ MOONS_SPEC = {"net": "MLP", "net_kwargs": {"dim": 2, "hidden": 64, "depth": 2, "
               "conditioning": "edm", "sigma_data": 0.5}
 
 
+class Shrink(torch.nn.Module):
+    """D(x, sigma) = x / (1 + sigma^2): the exact denoiser of N(0, I) data."""
+
+    def forward(self, x: torch.Tensor, sigma: Any) -> torch.Tensor:
+        s = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, *[1] * (x.dim() - 1))
+        return x / (1 + s**2)
+
+
 @pytest.fixture(scope="module")
 def moons_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny EDM model trained for 300 steps on 300 moons points, saved as a scoredyn run."""
@@ -114,13 +122,6 @@ def test_model_and_data_shape_mismatch_is_a_clear_error(moons_run: Path, tmp_pat
 
 
 def test_data_range_mismatch_is_a_clear_error_and_the_option_maps_it(tmp_path: Path) -> None:
-    class Shrink(torch.nn.Module):
-        """D(x, sigma) = x / (1 + sigma^2): the denoiser of N(0, I) data."""
-
-        def forward(self, x: torch.Tensor, sigma: Any) -> torch.Tensor:
-            s = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, *[1] * (x.dim() - 1))
-            return x / (1 + s**2)
-
     x = data.load("digits", n=64)
     pixels = (x + 1) * 127.5  # [0, 255]
     with pytest.raises(ValueError, match=r"outside the model's data range \[-1, 1\].*--data-range"):
@@ -137,11 +138,6 @@ def test_data_range_mismatch_is_a_clear_error_and_the_option_maps_it(tmp_path: P
 def test_likelihood_section_matches_the_closed_form_of_a_gaussian_model(tmp_path: Path) -> None:
     """For N(0, I) data the exact denoiser is D(x, sigma) = x / (1 + sigma^2) and p_sigma = N(0, (1 + sigma^2) I):
     the section's bits/dim must equal -log p_sigma_min(x) / (d log 2) averaged over the same points."""
-
-    class Shrink(torch.nn.Module):
-        def forward(self, x: torch.Tensor, sigma: Any) -> torch.Tensor:
-            s = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, *[1] * (x.dim() - 1))
-            return x / (1 + s**2)
 
     gen = torch.Generator().manual_seed(0)
     train_x, held = torch.randn(8, 2, generator=gen), 2.0 * torch.randn(8, 2, generator=gen)
