@@ -21,6 +21,7 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("scoredyn.studies.cli", "register"),  # study
     ("scoredyn.analytic.cli", "register"),  # analytic-sample
     ("scoredyn.external.cli", "register"),  # invert, likelihood
+    ("scoredyn.analyse.cli", "register"),  # analyse
 )
 
 EXIT_ERROR = 2
