@@ -212,3 +212,13 @@ def test_fit_records_tempering_and_refuses_to_resume_with_another(tmp_path):
     fit(precondition(MLP(3, hidden=8, depth=1), "unconditional"), data, more, out=tmp_path, progress=False, tempering=t)
     with pytest.raises(ValueError, match="k must be"):
         Tempering(sigma_c=0.5, k=0)
+
+
+def test_every_sigma_form(small):
+    data, x = small
+    t = TemperedOptimum(data, sigma_min=0.03, sigma_max=1.0, levels=6, sigma_c=0.3, k=3)
+    ref = t(x, torch.full((x.shape[0],), 0.3, dtype=torch.float64))
+    for s in (0.3, torch.tensor(0.3, dtype=torch.float64), torch.tensor([0.3], dtype=torch.float64)):
+        assert torch.allclose(t.denoise(x, s), ref, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="sigma must be > 0"):
+        t.denoise(x, 0.0)

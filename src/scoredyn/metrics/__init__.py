@@ -6,6 +6,7 @@
 * :func:`fid`, :func:`kid` on :func:`features` of a project classifier ("digits", "mnist") or a
   user-supplied Inception TorchScript file (see :data:`FEATURE_NOTE`).
 * :func:`expansion_factor` (Zhou et al. 2026 §3.2) and :func:`fid_train_test` (their Table 1).
+* :func:`log_likelihood`: per-sample log-likelihood through the probability-flow ODE.
 * :func:`unexplained_variance`: Wang & Vastola's fraction of a reference score not explained by a model.
 """
 
@@ -15,6 +16,7 @@ from .features import FEATURE_NOTE, feature_net_info, features, load_feature_net
 from .fid import KID, fid, frechet_distance, gaussian_moments, kid
 from .generalization import FidTrainTest, fid_train_test
 from .knn import knn
+from .likelihood import LogLikelihood, log_likelihood
 from .memorization import COPY_RATIO, Memorization, memorization
 from .score_agreement import unexplained_variance
 
@@ -37,6 +39,8 @@ __all__ = [
     "gaussian_moments",
     "kid",
     "knn",
+    "LogLikelihood",
+    "log_likelihood",
     "load_feature_net",
     "memorization",
     "mmd",
