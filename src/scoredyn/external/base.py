@@ -33,6 +33,13 @@ def first_channels(out: Tensor, x: Tensor) -> Tensor:
     raise ValueError(f"the network returned shape {tuple(out.shape)}; expected {tuple(x.shape)} like its input (or 2x its channels)")
 
 
+def check_network(model: Any, call: str) -> Any:
+    """``model`` if it is callable; else a ValueError naming how it is called (``call``, e.g. ``"model(x, t)"``)."""
+    if not callable(model):
+        raise ValueError(f"{call.split('(')[0]} must be callable as {call}, got {type(model).__name__}")
+    return model
+
+
 PREDICTIONS = ("epsilon", "v_prediction", "sample")
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_finite, check_positive
-from .base import ExternalDenoiser, check_prediction, first_channels, network_output, vp_denoised
+from .base import ExternalDenoiser, check_network, check_prediction, first_channels, network_output, vp_denoised
 
 TIMESTEP_MAPS = ("linear", "log", "nearest")
 
@@ -48,8 +48,7 @@ class VPDenoiser(ExternalDenoiser):
         timestep_map: str = "linear", quantize: bool = False,
     ) -> None:
         super().__init__()
-        if not callable(model):
-            raise ValueError(f"model must be callable as model(x, t), got {type(model).__name__}")
+        check_network(model, "model(x, t)")
         abar = check_finite("alphas_cumprod", torch.as_tensor(alphas_cumprod).detach().to("cpu", torch.float64).reshape(-1))
         if abar.numel() < 2:
             raise ValueError(f"alphas_cumprod has {abar.numel()} value(s); expected the model's table of at least 2 timesteps")
@@ -123,9 +122,7 @@ class ContinuousVPDenoiser(ExternalDenoiser):
         epsilon_t: float = 1e-5, prediction: str = "epsilon",
     ) -> None:
         super().__init__()
-        if not callable(model):
-            raise ValueError(f"model must be callable as model(x, label), got {type(model).__name__}")
-        self.model = model
+        self.model = check_network(model, "model(x, label)")
         self.beta_min = check_positive("beta_min", beta_min)
         self.beta_max = check_positive("beta_max", beta_max)
         if not self.beta_max > self.beta_min:

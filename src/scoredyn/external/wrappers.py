@@ -7,7 +7,7 @@ from typing import Any, Callable, Optional
 from torch import Tensor
 
 from .._checks import bcast, check_positive
-from .base import ExternalDenoiser, network_output
+from .base import ExternalDenoiser, check_network, network_output
 
 
 class ScoreDenoiser(ExternalDenoiser):
@@ -19,9 +19,7 @@ class ScoreDenoiser(ExternalDenoiser):
 
     def __init__(self, score_model: Callable[..., Any], *, sigma_min: float = 0.01, sigma_max: float = 50.0) -> None:
         super().__init__()
-        if not callable(score_model):
-            raise ValueError(f"score_model must be callable as score_model(x, sigma), got {type(score_model).__name__}")
-        self.model = score_model
+        self.model = check_network(score_model, "score_model(x, sigma)")
         self.sigma_min = check_positive("sigma_min", sigma_min)
         self.sigma_max = check_positive("sigma_max", sigma_max)
 
@@ -40,9 +38,7 @@ class EDMDenoiser(ExternalDenoiser):
         sigma_min: Optional[float] = None, sigma_max: Optional[float] = None,
     ) -> None:
         super().__init__()
-        if not callable(net):
-            raise ValueError(f"net must be callable as net(x, sigma, class_labels), got {type(net).__name__}")
-        self.model = net
+        self.model = check_network(net, "net(x, sigma, class_labels)")
         self.class_labels = class_labels
         lo = sigma_min if sigma_min is not None else getattr(net, "sigma_min", 0.002)
         hi = sigma_max if sigma_max is not None else getattr(net, "sigma_max", 80.0)
@@ -63,9 +59,7 @@ class Affine(ExternalDenoiser):
 
     def __init__(self, denoiser: Callable[..., Any], scale: float, shift: float = 0.0) -> None:
         super().__init__()
-        if not callable(denoiser):
-            raise ValueError(f"denoiser must be callable as denoiser(x, sigma), got {type(denoiser).__name__}")
-        self.inner = denoiser
+        self.inner = check_network(denoiser, "denoiser(x, sigma)")
         self.scale = check_positive("scale", scale)
         self.shift = float(shift)
         if self.shift != self.shift or abs(self.shift) == float("inf"):

@@ -1,5 +1,5 @@
 """Pieces shared by every sampler: grid and seed validation, the denoiser call, callback, progress
-bar, a finite-value guard, and :class:`CountNFE`.
+bar, a finite-value guard, the fixed-grid step loop (:meth:`Run.loop`) and :class:`CountNFE`.
 
 Step arithmetic is done on Python floats (IEEE float64, as EDM keeps its time steps in float64);
 the state ``x`` keeps its own dtype and device, and the denoiser sees ``sigma`` as a ``(B,)``
@@ -18,6 +18,8 @@ from .._checks import Denoiser, Seeds, check_finite, check_seeds, check_state
 
 Callback = Callable[[dict], Any]
 GridLike = Union[Tensor, Sequence[float]]
+Step = Callable[[int, Tensor, Tensor, float, float], Tensor]
+"""``step(i, x, D, sigma, sigma_next) -> x_next``: one step of :meth:`Run.loop` given ``D = D(x, sigma)``."""
 
 
 class SamplerDivergence(ValueError, FloatingPointError):
@@ -163,6 +165,23 @@ class Run:
 
             self._noise = NoiseStream(self.seeds, x.shape[1:], x.device, x.dtype)
         return self._noise(step + 1)
+
+    def loop(self, x: Tensor, step: Step, churn: Optional[Callable[[Run, Tensor, int], tuple[Tensor, float]]] = None) -> Tensor:
+        """The fixed-grid loop of the one-call-per-step samplers: at step ``i`` (``churn`` first raising
+        ``sigma_i`` to ``s_hat``, Karras et al. 2022 Alg. 2), ``D = D(x, sigma_i)``, the callback, then
+        ``x = step(i, x, D, sigma_i, sigma_{i+1})`` and the finite guard; returns :meth:`finish`."""
+        sig = self.sigmas
+        for i in self.steps():
+            s, s_next = sig[i], sig[i + 1]
+            extra: dict[str, float] = {}
+            if churn is not None:
+                x, s = churn(self, x, i)
+                extra = dict(sigma_hat=s)
+            d = self.denoise(x, s)
+            self.emit(i, x, d, **extra)
+            x = step(i, x, d, s, s_next)
+            self.guard(i, x, s, s_next)
+        return self.finish(x)
 
     def emit(self, i: int, x: Tensor, denoised: Optional[Tensor], **extra: Any) -> None:
         """Call the callback with ``i, sigma, sigma_next, x, denoised`` (and ``extra``)."""

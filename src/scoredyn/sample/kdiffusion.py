@@ -56,27 +56,23 @@ def _eta(eta: float, s_noise: float) -> tuple[float, float]:
     return check_positive("eta", eta, allow_zero=True), check_positive("s_noise", s_noise, allow_zero=True)
 
 
-Step = Callable[[Run, Tensor, Tensor, float, float], Tensor]
+AncestralStep = Callable[[Run, Tensor, Tensor, float, float], Tensor]
 
 
-def _ancestral(run: Run, x: Tensor, eta: float, s_noise: float, noise_sampler: Optional[NoiseSampler], step: Step) -> Tensor:
+def _ancestral(run: Run, x: Tensor, eta: float, s_noise: float, noise_sampler: Optional[NoiseSampler], step: AncestralStep) -> Tensor:
     """The ancestral loop (k-diffusion's ``*_ancestral``): ``step(run, x, D, sigma, sigma_down)`` deterministically
     down to ``sigma_down``, then noise of std ``sigma_up`` (:func:`ancestral_step`) unless ``sigma_next`` is 0."""
-    sig = run.sigmas
     draw = _noise_sampler(run, x, noise_sampler)
-    for i in run.steps():
-        s, s_next = sig[i], sig[i + 1]
-        d = run.denoise(x, s)
-        run.emit(i, x, d)
+
+    def ancestral(i: int, x: Tensor, d: Tensor, s: float, s_next: float) -> Tensor:
         down, up = ancestral_step(s, s_next, eta)
         x = step(run, x, d, s, down)
-        if s_next > 0 and up > 0:
-            x = torch.add(x, draw(s, s_next), alpha=s_noise * up)
-        run.guard(i, x, s, s_next)
-    return run.finish(x)
+        return torch.add(x, draw(s, s_next), alpha=s_noise * up) if s_next > 0 and up > 0 else x
+
+    return run.loop(x, ancestral)
 
 
-def _euler_step(clip: Optional[float]) -> Step:
+def _euler_step(clip: Optional[float]) -> AncestralStep:
     """DDIM's deterministic part ``x0 + sigma_down eps`` with ``eps = (x - D) / sigma`` and ``x0 = D``,
     clipped to ``[-clip, clip]`` when ``clip`` is set (the raw noise estimate is kept)."""
 
@@ -132,16 +128,8 @@ def dpm_2(
 ) -> Tensor:
     """DPM-Solver-2 steps with Karras et al. 2022 Algorithm 2's churn (k-diffusion ``sample_dpm_2``)."""
     run = Run("dpm_2", denoiser, x, sigmas, seeds, callback, progress)
-    sig = run.sigmas
     churn = Churn(s_churn, s_tmin, s_tmax, s_noise)
-    for i in run.steps():
-        s_next = sig[i + 1]
-        x, s_hat = churn(run, x, i)
-        d = run.denoise(x, s_hat)
-        run.emit(i, x, d, sigma_hat=s_hat)
-        x = d if s_next == 0 else _dpm2_step(run, x, d, s_hat, s_next)
-        run.guard(i, x, s_hat, s_next)
-    return run.finish(x)
+    return run.loop(x, lambda i, x, d, s_hat, s_next: d if s_next == 0 else _dpm2_step(run, x, d, s_hat, s_next), churn)
 
 
 def dpm_2_ancestral(
@@ -190,18 +178,15 @@ def lms(
     if isinstance(order, bool) or int(order) != order or not 1 <= int(order) <= 8:
         raise ValueError(f"order must be an integer in [1, 8], got {order!r}")
     run = Run("lms", denoiser, x, sigmas, seeds, callback, progress)
-    sig = run.sigmas
-    slopes: list[Tensor] = []
-    for i in run.steps():
-        s = sig[i]
-        d = run.denoise(x, s)
-        run.emit(i, x, d)
-        slopes = (slopes + [(x - d) / s])[-int(order):]
-        coefs = lms_coefficients(sig, i, len(slopes))
-        for c, slope in zip(coefs, reversed(slopes)):
+    slopes: list[Tensor] = []  # newest last
+
+    def step(i: int, x: Tensor, d: Tensor, s: float, s_next: float) -> Tensor:
+        slopes[:] = (slopes + [(x - d) / s])[-int(order):]
+        for c, slope in zip(lms_coefficients(run.sigmas, i, len(slopes)), reversed(slopes)):
             x = torch.add(x, slope, alpha=c)
-        run.guard(i, x, s, sig[i + 1])
-    return run.finish(x)
+        return x
+
+    return run.loop(x, step)
 
 
 def dpmpp_2s_ancestral(
@@ -261,30 +246,24 @@ def dpmpp_sde(
     eta, s_noise = _eta(eta, s_noise)
     r = check_positive("r", r)
     run = Run("dpmpp_sde", denoiser, x, sigmas, seeds, callback, progress)
-    sig = run.sigmas
     draw = _noise_sampler(run, x, noise_sampler) if noise_sampler is not None else _BrownianPair(_noise_sampler(run, x, None))
     fac = 1.0 / (2.0 * r)
-    for i in run.steps():
-        s, s_next = sig[i], sig[i + 1]
-        d = run.denoise(x, s)
-        run.emit(i, x, d)
+
+    def step(i: int, x: Tensor, d: Tensor, s: float, s_next: float) -> Tensor:
         if s_next == 0:
-            x = d
-        else:
-            # t = -log sigma; stage 1 to s_mid = sigma at t + r h, stage 2 to s_next
-            s_mid = s * (s_next / s) ** r
-            down, up = ancestral_step(s, s_mid, eta)
-            x_2 = torch.add(x * (down / s), d, alpha=-math.expm1(math.log(down / s)))
-            if up > 0:
-                x_2 = torch.add(x_2, draw(s, s_mid), alpha=s_noise * up)
-            d_2 = run.denoise(x_2, s_mid)
-            down, up = ancestral_step(s, s_next, eta)
-            d_mix = torch.lerp(d, d_2, fac)
-            x = torch.add(x * (down / s), d_mix, alpha=-math.expm1(math.log(down / s)))
-            if up > 0:
-                x = torch.add(x, draw(s, s_next), alpha=s_noise * up)
-        run.guard(i, x, s, s_next)
-    return run.finish(x)
+            return d
+        # t = -log sigma; stage 1 to s_mid = sigma at t + r h, stage 2 to s_next
+        s_mid = s * (s_next / s) ** r
+        down, up = ancestral_step(s, s_mid, eta)
+        x_2 = torch.add(x * (down / s), d, alpha=-math.expm1(math.log(down / s)))
+        if up > 0:
+            x_2 = torch.add(x_2, draw(s, s_mid), alpha=s_noise * up)
+        d_2 = run.denoise(x_2, s_mid)
+        down, up = ancestral_step(s, s_next, eta)
+        x = torch.add(x * (down / s), torch.lerp(d, d_2, fac), alpha=-math.expm1(math.log(down / s)))
+        return torch.add(x, draw(s, s_next), alpha=s_noise * up) if up > 0 else x
+
+    return run.loop(x, step)
 
 
 def dpmpp_2m_sde(
@@ -297,30 +276,23 @@ def dpmpp_2m_sde(
     if solver_type not in ("midpoint", "heun"):
         raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
     run = Run("dpmpp_2m_sde", denoiser, x, sigmas, seeds, callback, progress)
-    sig = run.sigmas
     draw = _noise_sampler(run, x, noise_sampler)
-    old: Optional[Tensor] = None
-    h_last = 0.0
-    for i in run.steps():
-        s, s_next = sig[i], sig[i + 1]
-        d = run.denoise(x, s)
-        run.emit(i, x, d)
+    hist: list[tuple[Tensor, float]] = []  # (D, h) of the previous step
+
+    def step(i: int, x: Tensor, d: Tensor, s: float, s_next: float) -> Tensor:
         if s_next == 0:
-            x = d
-        else:
-            h = math.log(s / s_next)
-            eta_h = eta * h
-            phi = -math.expm1(-h - eta_h)
-            x = torch.add(x * (s_next / s * math.exp(-eta_h)), d, alpha=phi)
-            if old is not None:
-                c = (phi / (-h - eta_h) + 1.0) if solver_type == "heun" else 0.5 * phi
-                x = torch.add(x, d - old, alpha=c * h / h_last)
-            if eta:
-                x = torch.add(x, draw(s, s_next), alpha=s_next * math.sqrt(-math.expm1(-2.0 * eta_h)) * s_noise)
-            h_last = h
-        old = d
-        run.guard(i, x, s, s_next)
-    return run.finish(x)
+            return d
+        h = math.log(s / s_next)
+        eta_h = eta * h
+        phi = -math.expm1(-h - eta_h)
+        x = torch.add(x * (s_next / s * math.exp(-eta_h)), d, alpha=phi)
+        if hist:
+            c = (phi / (-h - eta_h) + 1.0) if solver_type == "heun" else 0.5 * phi
+            x = torch.add(x, d - hist[0][0], alpha=c * h / hist[0][1])
+        hist[:] = [(d, h)]
+        return _sde_noise(x, draw, s, s_next, eta * h, s_noise)
+
+    return run.loop(x, step)
 
 
 def dpmpp_3m_sde(
@@ -331,32 +303,32 @@ def dpmpp_3m_sde(
     """DPM-Solver++(3M) SDE, Lu et al. 2022 (arXiv:2211.01095) §4 (k-diffusion ``sample_dpmpp_3m_sde``)."""
     eta, s_noise = _eta(eta, s_noise)
     run = Run("dpmpp_3m_sde", denoiser, x, sigmas, seeds, callback, progress)
-    sig = run.sigmas
     draw = _noise_sampler(run, x, noise_sampler)
     hist: list[tuple[Tensor, float]] = []  # (D, h) of the previous steps, newest first
-    for i in run.steps():
-        s, s_next = sig[i], sig[i + 1]
-        d = run.denoise(x, s)
-        run.emit(i, x, d)
+
+    def step(i: int, x: Tensor, d: Tensor, s: float, s_next: float) -> Tensor:
         if s_next == 0:
-            x = d
-        else:
-            h = math.log(s / s_next)
-            h_eta = h * (eta + 1.0)
-            x = torch.add(x * math.exp(-h_eta), d, alpha=-math.expm1(-h_eta))
-            phi_2 = math.expm1(-h_eta) / h_eta + 1.0
-            if len(hist) >= 2:
-                (d_1, h_1), (d_2, h_2) = hist[0], hist[1]
-                r0, r1 = h_1 / h, h_2 / h
-                d1_0 = (d - d_1) / r0
-                d1_1 = (d_1 - d_2) / r1
-                d1 = torch.add(d1_0, d1_0 - d1_1, alpha=r0 / (r0 + r1))
-                d2 = (d1_0 - d1_1) / (r0 + r1)
-                x = torch.add(torch.add(x, d1, alpha=phi_2), d2, alpha=-(phi_2 / h_eta - 0.5))
-            elif hist:
-                x = torch.add(x, d - hist[0][0], alpha=phi_2 * h / hist[0][1])
-            if eta:
-                x = torch.add(x, draw(s, s_next), alpha=s_next * math.sqrt(-math.expm1(-2.0 * h * eta)) * s_noise)
-            hist = [(d, h)] + hist[:1]
-        run.guard(i, x, s, s_next)
-    return run.finish(x)
+            return d
+        h = math.log(s / s_next)
+        h_eta = h * (eta + 1.0)
+        x = torch.add(x * math.exp(-h_eta), d, alpha=-math.expm1(-h_eta))
+        phi_2 = math.expm1(-h_eta) / h_eta + 1.0
+        if len(hist) >= 2:
+            (d_1, h_1), (d_2, h_2) = hist[0], hist[1]
+            r0, r1 = h_1 / h, h_2 / h
+            d1_0 = (d - d_1) / r0
+            d1_1 = (d_1 - d_2) / r1
+            d1 = torch.add(d1_0, d1_0 - d1_1, alpha=r0 / (r0 + r1))
+            d2 = (d1_0 - d1_1) / (r0 + r1)
+            x = torch.add(torch.add(x, d1, alpha=phi_2), d2, alpha=-(phi_2 / h_eta - 0.5))
+        elif hist:
+            x = torch.add(x, d - hist[0][0], alpha=phi_2 * h / hist[0][1])
+        hist[:] = [(d, h)] + hist[:1]
+        return _sde_noise(x, draw, s, s_next, h * eta, s_noise)
+
+    return run.loop(x, step)
+
+
+def _sde_noise(x: Tensor, draw: NoiseSampler, s: float, s_next: float, eta_h: float, s_noise: float) -> Tensor:
+    """The noise of a DPM-Solver++ SDE step: std ``sigma_next sqrt(1 - e^{-2 eta h})`` (none when ``eta h`` is 0)."""
+    return torch.add(x, draw(s, s_next), alpha=s_next * math.sqrt(-math.expm1(-2.0 * eta_h)) * s_noise) if eta_h else x

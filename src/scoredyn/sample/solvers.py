@@ -26,13 +26,7 @@ def euler(
 ) -> Tensor:
     """Euler's method on the probability-flow ODE (Song et al. 2021; Karras et al. 2022, Eq. 1)."""
     run = Run("euler", denoiser, x, sigmas, seeds, callback, progress, invertible=True)
-    sig = run.sigmas
-    for i in run.steps():
-        d = run.denoise(x, sig[i])
-        run.emit(i, x, d)
-        x = d if sig[i + 1] == 0 else x + (x - d) * ((sig[i + 1] - sig[i]) / sig[i])
-        run.guard(i, x, sig[i], sig[i + 1])
-    return run.finish(x)
+    return run.loop(x, lambda i, x, d, s, s_next: d if s_next == 0 else x + (x - d) * ((s_next - s) / s))
 
 
 class Churn:
@@ -65,25 +59,19 @@ def heun(
 ) -> Tensor:
     """Heun's 2nd-order sampler with optional churn, Karras et al. 2022 (EDM) Algorithm 2."""
     run = Run("heun", denoiser, x, sigmas, seeds, callback, progress, invertible=True)
-    sig = run.sigmas
     churn = Churn(s_churn, s_tmin, s_tmax, s_noise)
     if run.ascending and churn.s_churn > 0:
         raise ValueError("heun inverts (an ascending grid) only without churn; got s_churn > 0")
-    for i in run.steps():
-        s_next = sig[i + 1]
-        x, s_hat = churn(run, x, i)
-        d_hat = run.denoise(x, s_hat)
-        run.emit(i, x, d_hat, sigma_hat=s_hat)
+
+    def step(i: int, x: Tensor, d_hat: Tensor, s_hat: float, s_next: float) -> Tensor:
         if s_next == 0:
-            x_next = d_hat
-        else:
-            slope = (x - d_hat) / s_hat
-            x_euler = x + slope * (s_next - s_hat)
-            slope_next = (x_euler - run.denoise(x_euler, s_next)) / s_next
-            x_next = x + (slope + slope_next) * (0.5 * (s_next - s_hat))
-        x = x_next
-        run.guard(i, x, s_hat, s_next)
-    return run.finish(x)
+            return d_hat
+        slope = (x - d_hat) / s_hat
+        x_euler = x + slope * (s_next - s_hat)
+        slope_next = (x_euler - run.denoise(x_euler, s_next)) / s_next
+        return x + (slope + slope_next) * (0.5 * (s_next - s_hat))
+
+    return run.loop(x, step, churn)
 
 
 def dpmpp_2m(
@@ -92,24 +80,21 @@ def dpmpp_2m(
 ) -> Tensor:
     """DPM-Solver++(2M), Lu et al. 2022 (arXiv:2211.01095) Alg. 2, in sigma-space as in k-diffusion."""
     run = Run("dpmpp_2m", denoiser, x, sigmas, seeds, callback, progress, invertible=True)
-    sig = run.sigmas
-    old: Optional[Tensor] = None
-    for i in run.steps():
-        s, s_next = sig[i], sig[i + 1]
-        d = run.denoise(x, s)
-        run.emit(i, x, d)
+    old: Optional[Tensor] = None  # D of the previous step
+
+    def step(i: int, x: Tensor, d: Tensor, s: float, s_next: float) -> Tensor:
+        nonlocal old
+        d_prev, old = old, d
         if s_next == 0:
-            x = d
-        else:
-            h = math.log(s / s_next)  # t = -log sigma; h = t_next - t
-            d_2 = d
-            if old is not None:
-                r = math.log(sig[i - 1] / s) / h  # h_last / h
-                d_2 = d * (1.0 + 0.5 / r) - old * (0.5 / r)
-            x = x * (s_next / s) - d_2 * math.expm1(-h)
-        old = d
-        run.guard(i, x, s, s_next)
-    return run.finish(x)
+            return d
+        h = math.log(s / s_next)  # t = -log sigma; h = t_next - t
+        d_2 = d
+        if d_prev is not None:
+            r = math.log(run.sigmas[i - 1] / s) / h  # h_last / h
+            d_2 = d * (1.0 + 0.5 / r) - d_prev * (0.5 / r)
+        return x * (s_next / s) - d_2 * math.expm1(-h)
+
+    return run.loop(x, step)
 
 
 def euler_maruyama(
@@ -122,18 +107,14 @@ def euler_maruyama(
     this coincides with Song et al.'s reverse-diffusion predictor for VE models.
     """
     run = Run("euler_maruyama", denoiser, x, sigmas, seeds, callback, progress)
-    sig = run.sigmas
-    for i in run.steps():
-        s, s_next = sig[i], sig[i + 1]
-        d = run.denoise(x, s)
-        run.emit(i, x, d)
+
+    def step(i: int, x: Tensor, d: Tensor, s: float, s_next: float) -> Tensor:
         if s_next == 0:
-            x = d
-        else:
-            var = s * s - s_next * s_next
-            x = x + (d - x) * (var / (s * s)) + run.noise(x, i) * math.sqrt(var)
-        run.guard(i, x, s, s_next)
-    return run.finish(x)
+            return d
+        var = s * s - s_next * s_next
+        return x + (d - x) * (var / (s * s)) + run.noise(x, i) * math.sqrt(var)
+
+    return run.loop(x, step)
 
 
 def annealed_langevin(
