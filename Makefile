@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 BIN = $(VENV)/bin
 
-.PHONY: demo test venv venv-test bench clean
+.PHONY: demo test venv venv-test bench gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ bench: $(VENV)/.stamp-run
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/fixed_points.py
 	$(BIN)/python bench/scale.py
+
+# On a CUDA machine: CUDA tests, GPU benchmarks, bf16 training, a --full study smoke run (~8 min on
+# an H100); writes runs/gpu_check/gpu_section.md. Without CUDA it says so and exits 0.
+gpu-check: $(VENV)/.stamp-test
+	$(BIN)/python scripts/gpu_check.py --out runs/gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

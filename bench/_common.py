@@ -66,11 +66,14 @@ def shared_data() -> Optional[Path]:
 def write_section(title: str, text: str, script: str) -> None:
     """Replace (or append) the ``## title`` section of ``bench/RESULTS.md`` atomically.
 
-    ``script``: the producing script's path (its ``__file__``), named on the section's first line.
+    ``script``: the producing script's path (its ``__file__``), named relative to the repository on the
+    section's first line.
     """
     head = f"## {title}"
     old = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
-    body = f"{head}\n\nProduced by `bench/{Path(script).name}`.\n\n{text}\n"
+    path = Path(script).resolve()
+    where = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else f"bench/{path.name}"
+    body = f"{head}\n\nProduced by `{where}`.\n\n{text}\n"
     start = old.find(head + "\n")
     if start < 0:
         new = old.rstrip("\n") + "\n\n" + body

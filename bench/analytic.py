@@ -9,9 +9,16 @@ subprocess per variant as the growth of the resident-set high-water mark (``VmHW
 ``/proc/self/clear_refs``; torch CPU allocations are invisible to tracemalloc) or, on CUDA, with
 ``torch.cuda.max_memory_allocated``. Times are medians of ``--repeats`` calls after one warm-up.
 
-    python bench/analytic.py --n 6000 --repeats 3          # quick
-    python bench/analytic.py                               # N=60000, d=784, B=256
-    python bench/analytic.py --mnist                       # MNIST training images as data
+Second table (issue 16): the kernel's rate against the two ``torch.mm`` over a grid of sigma
+(0.002..80) on MNIST in [-1, 1], N(0, I) and uniform [-1, 1] data; queries are held-out points plus
+sigma-scaled Gaussian noise (the denoising regime). Kernel, dense kernel and the two products are
+timed interleaved, medians of ``--repeats``; "sparse regime" marks sigma <= median nearest-neighbour
+distance / sqrt(d), where the block-sparse path skips most second products.
+
+    python bench/analytic.py --part variants --n 6000 --repeats 3   # quick
+    python bench/analytic.py                                         # both tables, N=20000, d=784, B=256
+    python bench/analytic.py --part sweep --write                    # rate vs sigma into RESULTS.md
+    python bench/analytic.py --device cuda --tf32 --accuracy         # on a GPU, TF32 matmuls, error vs float64
 """
 
 from __future__ import annotations
@@ -20,13 +27,15 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from _common import PeakMemory, machine, publish, run_child, timed
+from _common import PeakMemory, machine, publish, run_child, shared_data, sync, timed
 
 VARIANTS = ("mm", "empirical", "naive", "noise_agnostic_levels", "noise_agnostic_quad")
 
@@ -37,7 +46,7 @@ def make_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
     if args.mnist:
         from scoredyn import data as sdata
 
-        data = sdata.load("mnist", n=args.n).reshape(args.n, -1)[:, : args.d].contiguous()
+        data = sdata.load("mnist", root=shared_data(), n=args.n).reshape(args.n, -1)[:, : args.d].contiguous()
     else:
         data = torch.rand(args.n, args.d, generator=g) * 2 - 1
     x = torch.rand(args.b, args.d, generator=g) * 2 - 1
@@ -97,9 +106,98 @@ def memory(name: str, args: argparse.Namespace) -> tuple[float, str]:
     return rec["extra_mib"], rec["how"]
 
 
+SIGMAS = (0.002, 0.01, 0.03, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 20.0, 80.0)
+
+
+def sweep_data(name: str, args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training points ``(N, d)`` and held-out clean queries ``(B, d)`` of one data set (float32, on the device)."""
+    g = torch.Generator().manual_seed(0)
+    n, b, d = args.n, args.b, args.d
+    if name == "mnist":
+        from scoredyn import data as sdata
+
+        root = shared_data()
+        data = sdata.load("mnist", root=root, n=n).reshape(n, -1).contiguous()
+        x0 = sdata.load("mnist", root=root, split="test", n=b).reshape(b, -1).contiguous()
+    elif name == "gauss":
+        data, x0 = torch.randn(n, d, generator=g), torch.randn(b, d, generator=g)
+    else:
+        data, x0 = torch.rand(n, d, generator=g) * 2 - 1, torch.rand(b, d, generator=g) * 2 - 1
+    return data.to(args.device), x0.to(args.device)
+
+
+def sweep_one(data: torch.Tensor, x: torch.Tensor, sigma: float, repeats: int, accuracy: bool) -> dict:
+    """Interleaved medians: the two products, the dense kernel and ``Empirical`` at one sigma."""
+    from scoredyn.analytic import Empirical
+    from scoredyn.analytic._stream import augment, chunks, skip_report, stream_logits
+    from scoredyn.analytic.empirical import auto_chunk
+
+    model = Empirical(data)
+    table, chunk = augment(data), auto_chunk(data.shape[0])
+    scale = torch.full((x.shape[0],), 1.0 / sigma**2, dtype=x.dtype, device=x.device)
+    w = torch.rand(x.shape[0], data.shape[0], device=x.device)
+
+    def mm() -> None:
+        torch.mm(x, data.T)
+        torch.mm(w, data)
+
+    fns = {"mm": mm, "dense": lambda: stream_logits(x, scale, chunks(table, chunk), sparse=False), "empirical": lambda: model(x, sigma)}
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():  # warm-up
+        fn()
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            sync(x.device)
+            t0 = time.perf_counter()
+            fn()
+            sync(x.device)
+            times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    row = dict(mm_s=med["mm"], dense_rate=med["mm"] / med["dense"], rate=med["mm"] / med["empirical"], skipped=math.nan, err=math.nan)
+    if x.device.type == "cpu":
+        with skip_report() as rep:
+            model(x, sigma)
+        row["skipped"] = rep.skipped / max(rep.pairs, 1)
+    if accuracy:  # relative error of the float32 model on this device (TF32 or not) against float64
+        ref = Empirical(data.double())(x.double(), sigma)
+        out = model(x, sigma).double()
+        row["err"] = float(((out - ref).norm(dim=1) / ref.norm(dim=1)).max())
+    return row
+
+
+def sweep(args: argparse.Namespace) -> str:
+    """The rate-vs-sigma table per data set (issue 16 goals 1 and 2), as text."""
+    names = [s.strip() for s in args.datasets.split(",")]
+    lines = [f"# machine: {machine()}; device {args.device}" + (", TF32 matmuls" if args.tf32 else "")]
+    lines.append(f"# B={args.b} N={args.n} d={args.d} float32; queries: held-out points + sigma N(0, I); medians of "
+                 f"{args.repeats} interleaved repeats; rate = (two torch.mm time) / (kernel time)")
+    lines.append("# dense = the kernel without block skipping; Empirical = the default (block-sparse on CPU); "
+                 "skipped = fraction of (query, chunk) second products skipped")
+    lines.append("# sparse regime: sigma <= median nearest-neighbour distance of the queries / sqrt(d); "
+                 "targets: rate >= 0.9 everywhere, >= 1.5 in the sparse regime")
+    head = f"{'data':<8}{'sigma':>8}{'regime':>8}{'mm_ms':>9}{'dense':>7}{'Empirical':>10}{'skipped':>9}"
+    lines.append(head + (f"{'err_vs_f64':>12}" if args.accuracy else ""))
+    for name in names:
+        if name == "mnist" and shared_data() is None:
+            lines.append("# mnist: the shared data folder (../shared/data/mnist) is absent; skipped")
+            continue
+        data, x0 = sweep_data(name, args)
+        nn = float(torch.cdist(x0, data).amin(1).median()) / math.sqrt(data.shape[1])
+        lines.append(f"# {name}: median NN distance / sqrt(d) = {nn:.3g}")
+        g = torch.Generator().manual_seed(1)
+        for sigma in args.sigmas:
+            x = x0 + sigma * torch.randn(x0.shape, generator=g).to(x0.device)
+            r = sweep_one(data, x, sigma, args.repeats, args.accuracy)
+            regime = "sparse" if sigma <= nn else "dense"
+            line = f"{name:<8}{sigma:>8g}{regime:>8}{r['mm_s'] * 1e3:>9.1f}{r['dense_rate']:>7.2f}{r['rate']:>10.2f}{r['skipped']:>9.2f}"
+            lines.append(line + (f"{r['err']:>12.2e}" if args.accuracy else ""))
+            print(lines[-1], file=sys.stderr, flush=True)
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, default=60_000)
+    p.add_argument("--n", type=int, default=20_000)
     p.add_argument("--d", type=int, default=784)
     p.add_argument("--b", type=int, default=256)
     p.add_argument("--repeats", type=int, default=5)
@@ -113,10 +211,22 @@ def main() -> None:
     p.add_argument("--no-memory", action="store_true", help="skip the per-variant memory subprocesses")
     p.add_argument("--write", action="store_true", help="write the table into bench/RESULTS.md (## Analytical scores)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--part", choices=("all", "sweep", "variants"), default="all", help="which table(s)")
+    p.add_argument("--sigmas", type=lambda s: [float(v) for v in s.split(",")], default=list(SIGMAS), help="comma-separated sigma grid of the sweep")
+    p.add_argument("--datasets", default="mnist,gauss,uniform", help="sweep data sets (mnist: [-1, 1]; gauss: N(0, I); uniform: [-1, 1])")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (CUDA)")
+    p.add_argument("--accuracy", action="store_true", help="sweep: also the relative error against a float64 model")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    torch.backends.cudnn.allow_tf32 = args.tf32
     if args.child:
         memory_child(args.child, args)
+        return
+    if args.part in ("all", "sweep"):
+        title = "Analytical kernel rate vs sigma" + (f" ({args.device}{', TF32' if args.tf32 else ''})" if args.device != "cpu" or args.tf32 else "")
+        publish(title, "```\n" + sweep(args) + "\n```", __file__, args.write)
+    if args.part == "sweep":
         return
     data, x = make_data(args)
     flops = 4.0 * args.b * args.n * args.d

@@ -18,9 +18,18 @@ NFE' being the NFE at which the same sampler without teleportation reaches the s
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib
+import inspect
 import math
+import os
+import shutil
 import statistics
+import sys
+import tempfile
 import time
+from pathlib import Path
+from types import ModuleType
 from typing import Callable, Optional
 
 import torch
@@ -30,6 +39,7 @@ from scoredyn.analytic.gaussian import Gaussian
 from scoredyn.analytic.mixture import GaussianMixture
 from scoredyn.data import gmm2d_model
 from scoredyn.sample import (
+    FIELD_SAMPLERS,
     SAMPLERS,
     CountNFE,
     dpmpp_2m,
@@ -153,33 +163,86 @@ def accuracy(name: str, gm, n_samples: int, nfes, skips, sweep) -> tuple[list[st
     return lines, summary
 
 
-def overhead(shape: tuple[int, ...], batch: int, steps: int, repeats: int) -> list[str]:
-    """Microseconds per step with a denoiser that returns x (the sampler's own cost)."""
+def load_kdiffusion(path: Optional[str]) -> Optional[ModuleType]:
+    """k-diffusion's ``sampling.py`` loaded on its own (its package ``__init__`` imports torchvision):
+    ``path`` is that file or a k-diffusion checkout (default: ``$KDIFFUSION_SAMPLING``). The file is
+    copied into a temporary package beside a two-line ``utils.append_dims``; ``torchsde`` is stubbed
+    when absent (only its Brownian tree needs it, and the benchmark passes a noise sampler). None if not given."""
+    path = path or os.environ.get("KDIFFUSION_SAMPLING")
+    if not path:
+        return None
+    src = Path(path)
+    src = src / "k_diffusion" / "sampling.py" if src.is_dir() else src
+    if not src.is_file():
+        raise SystemExit(f"--kdiffusion: {src} is not k-diffusion's sampling.py")
+    pkg = Path(tempfile.mkdtemp(prefix="kdiff_")) / "kdiff_standalone"
+    pkg.mkdir()
+    shutil.copy(src, pkg / "sampling.py")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "utils.py").write_text("def append_dims(x, target_dims):\n    return x[(...,) + (None,) * (target_dims - x.ndim)]\n")
+    sys.modules.setdefault("torchsde", ModuleType("torchsde"))
+    sys.path.insert(0, str(pkg.parent))
+    module = importlib.import_module("kdiff_standalone.sampling")
+    module.SOURCE = f"{src.name}, sha256 {hashlib.sha256(src.read_bytes()).hexdigest()[:12]}"  # type: ignore[attr-defined]
+    return module
+
+
+NEW_SAMPLERS = (  # (row label, scoredyn name, k-diffusion function, options, evaluations per step)
+    ("euler_ancestral", "euler_ancestral", "sample_euler_ancestral", {}, 1),
+    ("dpm_2", "dpm_2", "sample_dpm_2", {}, 2),
+    ("dpm_2_ancestral", "dpm_2_ancestral", "sample_dpm_2_ancestral", {}, 2),
+    ("lms (order 4)", "lms", "sample_lms", {}, 1),
+    ("dpmpp_2s_ancestral", "dpmpp_2s_ancestral", "sample_dpmpp_2s_ancestral", {}, 2),
+    ("dpmpp_sde", "dpmpp_sde", "sample_dpmpp_sde", {}, 2),
+    ("dpmpp_2m_sde", "dpmpp_2m_sde", "sample_dpmpp_2m_sde", {}, 1),
+    ("dpmpp_3m_sde", "dpmpp_3m_sde", "sample_dpmpp_3m_sde", {}, 1),
+    ("ddim (eta = 0.5)", "ddim", "sample_euler_ancestral", {"eta": 0.5}, 1),
+)
+"""The k-diffusion samplers, each timed beside k-diffusion's own function on the same grid and denoiser
+(stochastic ones with the same ``randn_like`` noise sampler; ddim against ``sample_euler_ancestral``, its
+algorithm without the clip)."""
+
+
+def overhead(shape: tuple[int, ...], batch: int, steps: int, repeats: int, kd: Optional[ModuleType]) -> list[str]:
+    """Microseconds per step with a denoiser that returns x (the sampler's own cost), beside k-diffusion's
+    function for the same algorithm on the same grid, denoiser and noise where it has one."""
     x = torch.randn(batch, *shape)
     seeds = list(range(batch))
     identity = lambda y, s: y  # noqa: E731
+    randn = lambda s, s_next: torch.randn_like(x)  # noqa: E731
     grid = sigmas_karras(steps, sigma_min=0.01, sigma_max=10.0)
     levels = sigmas_geometric(steps, sigma_min=0.01, sigma_max=10.0)
-    cases: dict[str, Callable[[], torch.Tensor]] = {
-        "bare loop (x + c (x - D), no checks)": lambda: _bare(x, grid),
-        "euler": lambda: SAMPLERS["euler"](identity, x, grid),
-        "heun": lambda: SAMPLERS["heun"](identity, x, grid),
-        "heun, churn + seeds": lambda: SAMPLERS["heun"](identity, x, grid, s_churn=10.0, seeds=seeds),
-        "dpmpp_2m": lambda: SAMPLERS["dpmpp_2m"](identity, x, grid),
-        "unipc (bh2, order 2)": lambda: SAMPLERS["unipc"](identity, x, grid),
-        "unipc (bh2, order 3)": lambda: SAMPLERS["unipc"](identity, x, grid, order=3),
-        "euler_maruyama, seeds": lambda: SAMPLERS["euler_maruyama"](identity, x, grid, seeds=seeds),
-        "euler_maruyama, global RNG": lambda: SAMPLERS["euler_maruyama"](identity, x, grid),
-        "annealed_langevin (T = 1), seeds": lambda: SAMPLERS["annealed_langevin"](
-            identity, x, levels, n_steps_each=1, step_lr=1e-5, seeds=seeds, denoise=False
-        ),
-        "unconditional_ode": lambda: SAMPLERS["unconditional_ode"](lambda y: y, x, grid),
+    Case = tuple[Callable[[], torch.Tensor], Optional[Callable[[], torch.Tensor]], int]
+
+    def kd_fn(name: str, **opts: object) -> Optional[Callable[[], torch.Tensor]]:
+        return None if kd is None else lambda: getattr(kd, name)(identity, x, grid, disable=True, **opts)
+
+    cases: dict[str, Case] = {
+        "bare loop (x + c (x - D), no checks)": (lambda: _bare(x, grid), None, 1),
+        "euler": (lambda: SAMPLERS["euler"](identity, x, grid), kd_fn("sample_euler"), 1),
+        "heun": (lambda: SAMPLERS["heun"](identity, x, grid), kd_fn("sample_heun"), 2),
+        "heun, churn + seeds": (lambda: SAMPLERS["heun"](identity, x, grid, s_churn=10.0, seeds=seeds), None, 2),
+        "dpmpp_2m": (lambda: SAMPLERS["dpmpp_2m"](identity, x, grid), kd_fn("sample_dpmpp_2m"), 1),
+        "unipc (bh2, order 2)": (lambda: SAMPLERS["unipc"](identity, x, grid), None, 1),
+        "unipc (bh2, order 3)": (lambda: SAMPLERS["unipc"](identity, x, grid, order=3), None, 1),
+        "euler_maruyama, seeds": (lambda: SAMPLERS["euler_maruyama"](identity, x, grid, seeds=seeds), None, 1),
+        "euler_maruyama, global RNG": (lambda: SAMPLERS["euler_maruyama"](identity, x, grid), None, 1),
+        "annealed_langevin (T = 1), seeds": (lambda: SAMPLERS["annealed_langevin"](
+            identity, x, levels, n_steps_each=1, step_lr=1e-5, seeds=seeds, denoise=False), None, 1),
+        "unconditional_ode": (lambda: FIELD_SAMPLERS["unconditional_ode"](lambda y: y, x, grid), None, 1),
     }
-    per_eval = {"heun": 2, "heun, churn + seeds": 2}
+    for label, name, kd_name, opts, evals in NEW_SAMPLERS:
+        extra = dict(opts, noise_sampler=randn) if "noise_sampler" in inspect.signature(SAMPLERS[name]).parameters else dict(opts)
+        cases[label] = ((lambda name=name, extra=extra: SAMPLERS[name](identity, x, grid, **extra)), kd_fn(kd_name, **extra), evals)
+    cases[f"{NEW_SAMPLERS[0][0]}, seeds"] = (lambda: SAMPLERS["euler_ancestral"](identity, x, grid, seeds=seeds), None, 1)
     lines = []
-    for label, call in cases.items():
+    for label, (call, ref_call, evals) in cases.items():
         us = timed(call, repeats).median / steps * 1e6
-        lines.append(f"| {label} | {us:.1f} | {us / per_eval.get(label, 1):.1f} |")
+        if ref_call is None:
+            lines.append(f"| {label} | {us:.1f} | {us / evals:.1f} | | |")
+        else:
+            ref = timed(ref_call, repeats).median / steps * 1e6
+            lines.append(f"| {label} | {us:.1f} | {us / evals:.1f} | {ref:.1f} | {us / ref:.2f} |")
     return lines
 
 
@@ -196,17 +259,23 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="fewer samples and grid sizes, for development")
     p.add_argument("--write", action="store_true", help="write the tables into bench/RESULTS.md (## Samplers)")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--kdiffusion", default=None, help="k-diffusion's sampling.py or checkout, timed beside the k-diffusion "
+                   "samplers (default: $KDIFFUSION_SAMPLING; without it that column is n/a)")
+    p.add_argument("--only-overhead", action="store_true", help="skip the accuracy tables")
     args = p.parse_args()
     n2, n64 = (200, 64) if args.quick else (1000, 256)
     sweep = SWEEP[::3] if args.quick else SWEEP
     t0 = time.perf_counter()
     out = [f"Machine: {machine()}.", ""]
     summaries = {}
-    for name, gm, n in (("gmm2d", gmm2d_model(F64), n2), ("mixture d = 64", mixture_64d(), n64)):
+    kd = load_kdiffusion(args.kdiffusion)
+    problems = () if args.only_overhead else (("gmm2d", gmm2d_model(F64), n2), ("mixture d = 64", mixture_64d(), n64))
+    for name, gm, n in problems:
         lines, summaries[name] = accuracy(name, gm, n, NFES, SKIPS, sweep)
         out += lines + [""]
-    out += ["Median NFE saved at equal error by teleportation (over the NFE targets 10, 20, 50 where it is defined):", ""]
-    out += ["| problem | sampler | " + " | ".join(f"to {s:g}" for s in SKIPS) + " |", "|---|---|" + "---|" * len(SKIPS)]
+    if problems:
+        out += ["Median NFE saved at equal error by teleportation (over the NFE targets 10, 20, 50 where it is defined):", ""]
+        out += ["| problem | sampler | " + " | ".join(f"to {s:g}" for s in SKIPS) + " |", "|---|---|" + "---|" * len(SKIPS)]
     for name, summ in summaries.items():
         for sname in SOLVERS:
             cells = []
@@ -221,10 +290,13 @@ def main() -> None:
                    f"{{{', '.join(meets) or 'none'}}}.")
     out += ["", "Per-step overhead of the sampler itself (denoiser returns x; 200 steps; median of "
             f"{args.repeats}; microseconds; the bare loop is the floor: one axpy per step, no checks; on a "
-            "shared machine compare rows of one table only):", ""]
+            "shared machine compare rows of one table only). k-diffusion: its own function for the same "
+            "algorithm on the same grid, denoiser and noise sampler (sampling.py loaded standalone: "
+            f"{kd.SOURCE if kd else 'not given'}); ratio = scoredyn / k-diffusion, goal <= 1.2; ddim is timed "
+            "against sample_euler_ancestral (the same algorithm without the clip):", ""]
     for shape, batch in (((2,), 64), ((3, 32, 32), 64)):
-        out += [f"| batch {batch} x {shape} | us / step | us / evaluation |", "|---|---|---|"]
-        out += overhead(shape, batch, 200, args.repeats) + [""]
+        out += [f"| batch {batch} x {shape} | us / step | us / evaluation | k-diffusion us / step | ratio |", "|---|---|---|---|---|"]
+        out += overhead(shape, batch, 200, args.repeats, kd) + [""]
     out.append(f"Total benchmark time {time.perf_counter() - t0:.0f} s.")
     text = "\n".join(out)
     publish(SECTION, text, __file__, args.write)

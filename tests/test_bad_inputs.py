@@ -162,7 +162,8 @@ _X = torch.randn(4, 2, generator=torch.Generator().manual_seed(1), dtype=D64)
 _GRID = torch.tensor([2.0, 1.0, 0.5, 0.0], dtype=D64)
 
 API_SAMPLE: list[tuple[str, Callable[[], Any], type, str]] = [
-    ("ascending-grid", lambda: SAMPLERS["euler"](_EMP, _X, torch.tensor([0.1, 1.0])), ValueError, r"sigmas must be strictly descending; sigmas\[0\] = 0.1 <= sigmas\[1\] = 1"),
+    ("ascending-grid", lambda: SAMPLERS["euler_maruyama"](_EMP, _X, torch.tensor([0.1, 1.0])), ValueError, r"sigmas must be strictly descending \(only the deterministic samplers invert: sample.invert\); sigmas\[0\] = 0.1 <= sigmas\[1\] = 1"),
+    ("non-monotone-grid", lambda: SAMPLERS["euler"](_EMP, _X, torch.tensor([0.1, 1.0, 0.5])), ValueError, r"sigmas must be strictly descending \(sampling\) or strictly ascending \(inversion\); sigmas\[1\] = 1 >= sigmas\[2\] = 0.5"),
     ("grid-nan", lambda: SAMPLERS["euler"](_EMP, _X, torch.tensor([1.0, float("nan")])), ValueError, r"NaN/Inf at index 1"),
     ("grid-negative", lambda: SAMPLERS["heun"](_EMP, _X, [1.0, -0.5]), ValueError, r"negative; expected noise levels >= 0"),
     ("grid-one-level", lambda: SAMPLERS["euler"](_EMP, _X, [1.0]), ValueError, r"sigmas has 1 value\(s\); expected a descending grid of at least 2"),
@@ -218,6 +219,111 @@ def test_api_train(name: str, kw: dict[str, Any], exc: type, pattern: str, tmp_p
         _train(model, x, **args)
     if "out" in args:
         assert (tmp_path / "f").read_text() == "mine"
+
+
+# ------------------------------------------------------------------------------------------ API: TrainConfig (0.2)
+_TC = dict(steps=10, batch_size=8, lr=1e-3, sigma_dist="loguniform", sigma_min=0.01, sigma_max=3.0)
+
+
+def _tc(**kw: Any) -> TrainConfig:
+    return TrainConfig(**{**_TC, **kw})
+
+
+API_CONFIG: list[tuple[str, Callable[[], Any], type, str]] = [
+    ("steps-string", lambda: _tc(steps="10"), ValueError, r"steps must be a non-negative integer, got steps='10'"),
+    ("steps-bool", lambda: _tc(steps=True), ValueError, r"steps must be a non-negative integer, got steps=True"),
+    ("lr-none", lambda: _tc(lr=None), ValueError, r"lr must be a number, got lr=None"),
+    ("grad-clip-string", lambda: _tc(grad_clip="x"), ValueError, r"grad_clip must be a number, got grad_clip='x'"),
+    ("p-mean-string", lambda: _tc(p_mean="a"), ValueError, r"p_mean must be a number, got p_mean='a'"),
+    # bool("no") is True: a flag given as a string or number was silently read as on
+    ("bf16-string", lambda: _tc(bf16="no"), ValueError, r"bf16 must be True or False, got bf16='no'"),
+    ("compile-int", lambda: _tc(compile=2), ValueError, r"compile must be True or False, got compile=2"),
+    # an EMA decay above 1 was accepted by the config (fit refused it only after building the model)
+    ("ema-decay-above-one", lambda: _tc(ema_decay=1.5), ValueError, r"ema_decay must be below 1 .*got 1.5"),
+    ("levels-string", lambda: _tc(sigma_dist="geometric", levels="ten"), ValueError, r"levels must be an int \(their number\) or a sequence of noise levels, got levels='ten'"),
+    ("betas-string", lambda: _tc(betas="0.9"), ValueError, r"betas must be two numbers in \[0, 1\), got betas='0.9'"),
+    # the geometric grid's own check named its argument n: "n must be an integer >= 2, got n=1"
+    ("levels-one", lambda: _tc(sigma_dist="geometric", levels=1), ValueError, r"levels must be an integer >= 2, got levels=1"),
+    ("replace-unknown-field", lambda: _tc().replace(stepz=1), ValueError, r"unknown TrainConfig field\(s\) \['stepz'\]; expected some of \['batch_size'"),
+    ("from-dict-missing-fields", lambda: TrainConfig.from_dict({"steps": 1}), ValueError, r"TrainConfig lacks the required field\(s\) \['batch_size', 'lr', 'sigma_dist', 'sigma_min', 'sigma_max'\]"),
+    ("from-dict-not-a-mapping", lambda: TrainConfig.from_dict([1]), ValueError, r"read from a mapping of its fields, got list"),
+    ("differences-with-a-dict", lambda: _tc().differences({"lr": 1}), ValueError, r"differences compares two TrainConfigs, got dict"),
+]
+
+
+@pytest.mark.parametrize("name,call,exc,pattern", API_CONFIG, ids=[c[0] for c in API_CONFIG])
+def test_api_config(name: str, call: Callable[[], Any], exc: type, pattern: str) -> None:
+    with pytest.raises(exc, match=pattern):
+        call()
+
+
+# ------------------------------------------------------------------------------------------ API: 0.2 results and helpers
+def _solution() -> Any:
+    from scoredyn.sample import ode_adaptive
+
+    return ode_adaptive(_EMP, 3.0 * _X, sigma_min=0.05, sigma_max=3.0)
+
+
+def _flow(**kw: Any) -> Any:
+    from scoredyn.sample import autonomous
+
+    return autonomous(_NA_FIELD.field, _X, 1.0, **kw)
+
+
+def _tuple_of_solution() -> Any:
+    x, nfe = _solution()  # the 0.1 habit
+    return x, nfe
+
+
+_NA_FIELD = analytic.NoiseAgnostic(_P, sigma_min=0.05, sigma_max=3.0)
+API_RESULTS: list[tuple[str, Callable[[], Any], type, str]] = [
+    ("solution-unpacked-as-tuple", _tuple_of_solution, TypeError, r"a Solution is not a tuple \(scoredyn 0.2\): read sol.x and sol.nfe, or x, nfe = sol.as_tuple\(\)"),
+    ("solution-indexed", lambda: _solution()[0], TypeError, r"a Solution cannot be indexed \(sol\[0\]\); read its fields sol.x, sol.nfe"),
+    ("sigma-grid-unknown-kind", lambda: sample_mod().sigma_grid("cosine", 10, sigma_min=0.01, sigma_max=1.0), ValueError, r"unknown grid kind 'cosine'; expected 'karras' or 'geometric'"),
+    ("sigma-grid-swapped-range", lambda: sample_mod().sigma_grid("karras", 10, sigma_min=1.0, sigma_max=0.01), ValueError, r"sigma_min \(1\) must be below sigma_max \(0.01\); the noise range is given as sigma_min=..., sigma_max=..."),
+    ("sigma-grid-n-float", lambda: sample_mod().sigma_grid("karras", 2.5, sigma_min=0.01, sigma_max=1.0), ValueError, r"n must be a positive integer, got n=2.5"),
+    ("ode-adaptive-swapped-range", lambda: sample_mod().ode_adaptive(_EMP, _X, sigma_min=3.0, sigma_max=0.05), ValueError, r"sigma_min \(3\) must not exceed sigma_max \(0.05\)"),
+    # float seeds were truncated silently by int(): seed 1.5 drew seed 1's noise
+    ("noise-float-seed", lambda: sample_mod().noise([1.5, 2], (2,)), ValueError, r"seeds must be integers, got 1.5 of type float"),
+    ("noise-shape-int", lambda: sample_mod().noise([1, 2], 2), ValueError, r"shape must be a sequence of positive integers such as \(2,\) or \(1, 28, 28\), got shape=2"),
+    ("noise-shape-negative", lambda: sample_mod().noise([1, 2], (-2,)), ValueError, r"shape must be a sequence of positive integers.*got shape=\(-2,\)"),
+    ("noise-seeds-scalar", lambda: sample_mod().noise(3, (2,)), ValueError, r"seeds must be a sequence of integers \(one per sample\), got int"),
+    ("autonomous-unknown-method", lambda: _flow(method="euler2"), ValueError, r"method must be 'euler', 'rk4', 'dopri5', got method='euler2'"),
+    ("autonomous-record-bool", lambda: _flow(n_steps=4, method="rk4", record=True), ValueError, r"record must be a non-negative integer, got record=True"),
+    ("fixed-points-eigs-one", lambda: dynamics.fixed_points(_NA_FIELD.field, _XS, eigs=1), ValueError, r"eigs must be 'auto', 'full', 'none' or an int >= 2, got eigs=1"),
+    ("fixed-points-eigs-bool", lambda: dynamics.fixed_points(_NA_FIELD.field, _XS, eigs=True), ValueError, r"eigs must be .* or an int >= 2, got eigs=True"),
+    ("fixed-points-method", lambda: dynamics.fixed_points(_NA_FIELD.field, _XS, method="broyden"), ValueError, r"method must be 'auto', 'newton', 'newton-krylov', got method='broyden'"),
+    ("kid-shapes-differ", lambda: metrics_mod().kid(_X, torch.randn(8, 3)), ValueError, r"samples has points of shape \(2,\) but reference of shape \(3,\); expected the same shape"),
+    ("memorization-swapped-shapes", lambda: metrics_mod().memorization(_X, torch.randn(8, 3), sigma_min=0.1), ValueError, r"samples has shape \(4, 2\); expected \(B, 3\) to match the data shape \(3,\)"),
+    ("precision-recall-k-too-large", lambda: metrics_mod().precision_recall(_X, _P, k=10), ValueError, r"samples has 4 point\(s\); expected at least 11"),
+    ("memorization-list", lambda: metrics_mod().memorization(_X.tolist(), _P, sigma_min=0.1), ValueError, r"samples must be a torch.Tensor of shape \(N, \*data_shape\), got list"),
+    ("fid-one-sample", lambda: metrics_mod().fid(_X[:1], _P), ValueError, r"samples has 1 point\(s\); expected at least 2"),
+]
+
+
+def sample_mod() -> Any:
+    from scoredyn import sample
+
+    return sample
+
+
+def metrics_mod() -> Any:
+    from scoredyn import metrics
+
+    return metrics
+
+
+@pytest.mark.parametrize("name,call,exc,pattern", API_RESULTS, ids=[c[0] for c in API_RESULTS])
+def test_api_results(name: str, call: Callable[[], Any], exc: type, pattern: str) -> None:
+    with pytest.raises(exc, match=pattern):
+        call()
+
+
+def test_api_denoise_float_sigma() -> None:
+    """A correct result: ``model.denoise(x, 0.3)`` (a float sigma) equals the call (was a TypeError in
+    ``Empirical.temperatures`` and an AttributeError in ``NoiseAgnostic``); tests/test_api.py has every form."""
+    for m in (_EMP, _NA_FIELD, _GMM0):
+        assert torch.equal(m.denoise(_X, 0.3), m(_X, 0.3)), type(m).__name__
 
 
 # ------------------------------------------------------------------------------------------ API: checkpoints
@@ -452,7 +558,11 @@ def _cli_train_cases(tmp: Path, run: Path) -> dict[str, tuple[list[str], str]]:
     ro.mkdir()
     ro.chmod(0o500)
     nonempty = _copy_run(run, tmp / "nonempty")
+    rng_cut = _copy_run(run, tmp / "rng-cut")
+    _truncate_rng(rng_cut / "ckpt" / "step-000000004")
     return {
+        "resume-rng-truncated": ([*TRAIN[:-1], "--steps", "6", "--no-progress", "--out", str(rng_cut)],
+                                 r"generator state 'batch' is 100 torch.uint8 values; expected \d+ uint8"),
         "out-is-a-file": ([*TRAIN, "--out", str(tmp / "file")], r"run folder .*file is an existing file; expected a folder"),
         "out-in-read-only-folder": ([*TRAIN, "--out", str(ro / "run")], r"error: Permission denied: .*readonly/run"),
         "out-under-a-file": ([*TRAIN, "--out", str(tmp / "file" / "run")], r"error: (Not a directory|File exists): .*file"),
@@ -475,7 +585,7 @@ def _cli_train_cases(tmp: Path, run: Path) -> dict[str, tuple[list[str], str]]:
     }
 
 
-CLI_TRAIN = ["out-is-a-file", "out-in-read-only-folder", "out-under-a-file", "data-is-a-path", "data-root-is-directory",
+CLI_TRAIN = ["resume-rng-truncated", "out-is-a-file", "out-in-read-only-folder", "out-under-a-file", "data-is-a-path", "data-root-is-directory",
              "data-unknown", "data-root-for-toy", "overwrite-without-no-resume", "no-resume-on-a-run", "changed-arguments",
              "batch-larger-than-data", "unet-for-points", "zero-steps", "keep-zero", "bad-choice", "bad-int", "channel-mult-not-ints", "divergence"]
 
@@ -744,7 +854,8 @@ def test_divergence(case: Callable[[Path], None], tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------ catalogue size
 def test_catalogue_size() -> None:
     counts = {"api_data": len(API_DATA), "api_analytic": len(API_ANALYTIC), "api_sample": len(API_SAMPLE),
-              "api_train": len(API_TRAIN), "api_checkpoint": len(API_CHECKPOINT), "run_folder": len(RUN_FOLDER),
+              "api_train": len(API_TRAIN), "api_config": len(API_CONFIG), "api_results": len(API_RESULTS) + 1,
+              "api_checkpoint": len(API_CHECKPOINT), "run_folder": len(RUN_FOLDER),
               "cli_train": len(CLI_TRAIN) + 2, "cli_sample": len(CLI_SAMPLE) + len(CLI_SAMPLE_RUN) + 1,
               "cli_other": len(CLI_OTHER), "jacobian": len(JAC_FIELDS) + 3, "divergence": len(DIVERGENCE)}
     total = sum(counts.values())

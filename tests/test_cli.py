@@ -6,7 +6,7 @@ import pytest
 
 from scoredyn.cli import build_parser, main
 
-COMMANDS = ("train", "sample", "study", "analytic-sample")
+COMMANDS = ("train", "sample", "study", "analytic-sample", "invert", "likelihood", "analyse")
 
 
 def test_every_command_is_registered_with_help(capsys: pytest.CaptureFixture[str]) -> None:

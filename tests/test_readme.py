@@ -26,4 +26,8 @@ def test_the_readme_has_a_python_tour() -> None:
 @pytest.mark.parametrize("path, index, code", BLOCKS, ids=[f"{p.name}#{i}" for p, i, _ in BLOCKS])
 def test_python_block_runs(path: Path, index: int, code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # blocks that write files write them here
+    if "SCOREDYN_MODEL" in code:  # "Bring your own model": a saved random tiny diffusers UNet and images
+        from _tiny_unet import readme_model
+
+        readme_model(tmp_path, monkeypatch)
     exec(compile(code, f"{path.name} block {index}", "exec"), {"__name__": "__readme__"})

@@ -266,7 +266,14 @@ def test_checkpoint_layout_and_load(tmp_path: Path) -> None:
     assert loaded.data_shape == (2,) and not loaded.training
     assert torch.equal(load(ck)(x, 0.4), loaded(x, 0.4))  # a checkpoint directory directly
     # a half-written checkpoint (killed while saving) is invisible and cleaned up on the next save
-    stray = tmp_path / "ckpt" / ".tmp-step-000000030-999"
+    import subprocess
+    import sys
+
+    from scoredyn._lock import pid_alive
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+    assert not pid_alive(dead)  # a fixed PID such as 999 may belong to a live process on a busy machine
+    stray = tmp_path / "ckpt" / f".tmp-step-000000030-{dead}"
     stray.mkdir()
     (stray / "model.safetensors").write_bytes(b"\x00" * 10)
     assert torch.equal(load(tmp_path)(x, 0.4), ema(x, 0.4))

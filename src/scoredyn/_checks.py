@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional, Union
+import numbers
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
 SigmaLike = Union[float, int, Tensor]
+Seeds = Optional[Union[Sequence[int], Tensor]]
 Denoiser = Callable[[Tensor, SigmaLike], Tensor]
 """A denoiser ``D(x, sigma) ~ E[x_0 | x_sigma = x]`` (DESIGN.md §2)."""
 
@@ -109,11 +111,22 @@ def as_sigma(sigma: SigmaLike, batch: int, like: Tensor, name: str = "sigma", al
     return s
 
 
+def check_real(name: str, value: object) -> float:
+    """A finite real number, returned as ``float`` (a bool or a value ``float()`` cannot read is refused by name)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {name}={value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return v
+
+
 def check_positive(name: str, value: float, allow_zero: bool = False) -> float:
     """A finite positive scalar (or non-negative with ``allow_zero``)."""
-    v = float(value)
-    if not (v == v) or v in (float("inf"), float("-inf")):
-        raise ValueError(f"{name} must be finite, got {value}")
+    v = check_real(name, value)
     if (v < 0) if allow_zero else (v <= 0):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
     return v
@@ -132,6 +145,16 @@ def check_count(name: str, n: object, least: int = 1, none: Optional[str] = None
         what = "a positive integer" if least == 1 else ("a non-negative integer" if least == 0 else f"an integer >= {least}")
         raise ValueError(f"{name} must be {what}{f' or None ({none})' if none else ''}, got {name}={n!r}")
     return int(n)  # type: ignore[call-overload]
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str], *, count_least: Optional[int] = None) -> Any:
+    """One of ``choices``, or (with ``count_least``) an integer ``>= count_least`` returned as ``int``."""
+    if isinstance(value, str) and value in choices:
+        return value
+    if count_least is not None and is_int(value) and int(value) >= count_least:
+        return int(value)
+    allowed = ", ".join(repr(c) for c in choices) + (f" or an int >= {count_least}" if count_least is not None else "")
+    raise ValueError(f"{name} must be {allowed}, got {name}={value!r}")
 
 
 def check_range(
@@ -153,3 +176,70 @@ def check_range(
 def bcast(v: Tensor, x: Tensor) -> Tensor:
     """Reshape a per-sample ``(B,)`` tensor to broadcast against ``x`` of shape ``(B, ...)``."""
     return v.reshape(v.shape[0], *([1] * (x.dim() - 1)))
+
+
+def is_int(v: object) -> bool:
+    """Whether ``v`` is an integer value (Python or NumPy), not a bool: the type test of JSON fields and seeds."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def is_number(v: object) -> bool:
+    """Whether ``v`` is a real number (int or float), not a bool."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def check_flag(name: str, value: object) -> bool:
+    """A bool (``bool("no")`` is ``True``, so strings and numbers are refused, not converted)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {name}={value!r}")
+    return value
+
+
+def check_shape(name: str, shape: object) -> tuple[int, ...]:
+    """A per-sample shape: a sequence of positive integers (``(2,)``, ``(1, 28, 28)``)."""
+    try:
+        dims = tuple(shape)  # type: ignore[call-overload]
+    except TypeError:
+        dims = None
+    if dims is None or not all(is_int(d) and int(d) > 0 for d in dims):
+        raise ValueError(f"{name} must be a sequence of positive integers such as (2,) or (1, 28, 28), got {name}={shape!r}")
+    return tuple(int(d) for d in dims)
+
+
+def check_seeds(seeds: Seeds, batch: int) -> Optional[tuple[int, ...]]:
+    """``None``, or one integer seed per sample (a sequence or an integer tensor of length ``batch``)."""
+    if seeds is None:
+        return None
+    if isinstance(seeds, Tensor):
+        if seeds.dim() != 1 or seeds.is_floating_point() or seeds.is_complex():
+            raise ValueError(f"seeds must be a 1-D integer tensor, got shape {tuple(seeds.shape)} dtype {seeds.dtype}")
+        out = tuple(int(s) for s in seeds.tolist())
+    else:
+        try:
+            items = list(seeds)
+        except TypeError:
+            raise ValueError(f"seeds must be a sequence of integers (one per sample), got {type(seeds).__name__}") from None
+        for s in items:
+            if not is_int(s):
+                raise ValueError(f"seeds must be integers, got {s!r} of type {type(s).__name__}")
+        out = tuple(int(s) for s in items)
+    if len(out) != batch:
+        raise ValueError(f"got {len(out)} seed(s) for a batch of {batch} sample(s); expected one seed per sample")
+    return out
+
+
+def check_device(device: Optional[Union[str, torch.device]]) -> Optional[torch.device]:
+    """``None`` or a torch device that exists on this machine (a clear error instead of torch's assert)."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device={device!r} is not a torch device ({e}); expected e.g. 'cpu', 'cuda' or 'cuda:1'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} but CUDA is not available here (torch {torch.__version__}, built for "
+                             f"CUDA {torch.version.cuda}); use device='cpu' or a machine with a GPU")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev

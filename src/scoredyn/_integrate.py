@@ -36,6 +36,13 @@ class Solution(Result):
         """``(x, nfe)``."""
         return self.x, self.nfe
 
+    def __iter__(self) -> Any:
+        # 0.1 returned (x, nfe): say how to read a Solution instead of Python's "not iterable"
+        raise TypeError("a Solution is not a tuple (scoredyn 0.2): read sol.x and sol.nfe, or x, nfe = sol.as_tuple()")
+
+    def __getitem__(self, index: object) -> Any:
+        raise TypeError(f"a Solution cannot be indexed (sol[{index!r}]); read its fields sol.x, sol.nfe, sol.states, sol.taus")
+
 
 def rk4_step(f: Field, z: Tensor, h: Union[float, Tensor], k1: Optional[Tensor] = None) -> Tensor:
     """One classical Runge-Kutta step of ``dz/dtau = f(z)`` (``h``: float or broadcastable tensor)."""

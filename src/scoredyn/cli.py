@@ -20,6 +20,8 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("scoredyn.train.cli", "register"),  # train, sample
     ("scoredyn.studies.cli", "register"),  # study
     ("scoredyn.analytic.cli", "register"),  # analytic-sample
+    ("scoredyn.external.cli", "register"),  # invert, likelihood
+    ("scoredyn.analyse.cli", "register"),  # analyse
 )
 
 EXIT_ERROR = 2

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import check_count, check_positive, on_host
+from .._checks import SigmaLike, check_count, check_positive, on_host
 from .._dist import all_gather_topk
-from ._stream import TrainingSet, stream_logits, stream_topk
+from ._stream import stream_logits, stream_topk
 from .base import AnalyticDenoiser
 
 Temperature = Union[float, Callable[[Tensor], Union[Tensor, float]]]
@@ -38,23 +38,6 @@ def check_chunk(chunk_size: Optional[int]) -> Optional[int]:
     if chunk_size is None:
         return None
     return check_count("chunk_size", chunk_size)
-
-
-def check_device(device: Optional[Union[str, torch.device]]) -> Optional[torch.device]:
-    """``None`` or a torch device that exists on this machine (a clear error instead of torch's assert)."""
-    if device is None:
-        return None
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device={device!r} is not a torch device ({e}); expected e.g. 'cpu', 'cuda' or 'cuda:1'") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} but CUDA is not available here (torch {torch.__version__}, built for "
-                             f"CUDA {torch.version.cuda}); use device='cpu' or a machine with a GPU")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device={device!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return dev
 
 
 def check_output(name: str, out: Tensor) -> Tensor:
@@ -128,10 +111,7 @@ class Empirical(AnalyticDenoiser):
         device: Optional[Union[str, torch.device]] = None,
     ) -> None:
         super().__init__()
-        self.trainset = TrainingSet(data, check_device(device), group)
-        self.data_shape = self.trainset.data_shape
-        self.n_points = self.trainset.n_points
-        self.dim = self.trainset.dim
+        self.bind_training_set(data, device, group)
         if callable(temperature):
             self.temperature: Temperature = temperature
         else:
@@ -142,8 +122,10 @@ class Empirical(AnalyticDenoiser):
         self.chunk_size = check_chunk(chunk_size)
         self.top_k = check_count("top_k", top_k, none="all points")
 
-    def temperatures(self, sigma: Tensor) -> Tensor:
-        """``T(sigma)`` as a validated ``(B,)`` tensor."""
+    def temperatures(self, sigma: SigmaLike) -> Tensor:
+        """``T(sigma)`` as a validated tensor of sigma's shape (a float gives a 0-d tensor in the model dtype)."""
+        if not isinstance(sigma, Tensor):
+            sigma = torch.tensor(check_positive("sigma", sigma), dtype=self._reference().dtype, device=self._reference().device)
         if not callable(self.temperature):
             return torch.full_like(sigma, self.temperature)
         t = self.temperature(sigma)

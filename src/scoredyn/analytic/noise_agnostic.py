@@ -57,9 +57,9 @@ import torch
 from torch import Tensor
 
 from .._checks import SigmaLike, bcast, check_count, check_positive, check_query, check_range
-from ._stream import TrainingSet, log_tiny, stream_pairs
+from ._stream import log_floor, stream_pairs
 from .base import AnalyticDenoiser
-from .empirical import auto_chunk, check_chunk, check_device, check_output
+from .empirical import auto_chunk, check_chunk, check_output
 
 GL_ORDER = 8
 """Gauss-Legendre nodes per panel of the continuous quadrature."""
@@ -226,7 +226,7 @@ class _LogF(torch.nn.Module):
         self.register_buffer("s0", s0, persistent=False)
         self.fast = grid.uniform and not self.full and grid.per_group == 1
         self.beta = beta
-        self.lt = log_tiny(dtype)
+        self.lt = log_floor(dtype)
 
     @property
     def nodes_per_point(self) -> int:
@@ -326,10 +326,7 @@ class NoiseAgnostic(AnalyticDenoiser):
         if conditioning not in EXPONENTS:
             raise ValueError(f"conditioning must be one of {sorted(EXPONENTS)}, got {conditioning!r}")
         self.conditioning = conditioning
-        self.trainset = TrainingSet(data, check_device(device), group)
-        self.data_shape = self.trainset.data_shape
-        self.n_points = self.trainset.n_points
-        self.dim = d = self.trainset.dim
+        d = self.bind_training_set(data, device, group).dim
         self.chunk_size = check_chunk(chunk_size)
         if levels is not None:
             lv = self._check_levels(levels)

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .._checks import is_int
 from .._io import atomic_path
 from .remote import CIFAR10_DIR, cache_dir, default_root, missing_hint, shared_data_dir
 
@@ -318,7 +319,7 @@ def _check_size(size: Size) -> tuple[int, int] | None:
         hw = (size, size) if isinstance(size, int) else tuple(size)
     except TypeError:
         hw = ()
-    if len(hw) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in hw):
+    if len(hw) != 2 or not all(is_int(v) and v > 0 for v in hw):
         raise ValueError(f"size={size!r}; expected a positive int or a (height, width) pair of positive ints")
     return hw  # type: ignore[return-value]
 

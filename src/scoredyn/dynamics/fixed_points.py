@@ -22,7 +22,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from .._checks import check_positive, check_state
+from .._checks import check_choice, check_positive, check_state
 from .._integrate import rk4_step
 from ._common import leader_clusters, rms
 from .jacobian import JVP, Field, FlatField, Jacobian, _nonfinite_rows, flatten_field
@@ -279,14 +279,12 @@ def fixed_points(
         raise ValueError(f"damping (the smallest line-search step) must be in (0, 1], got {damping}")
     shape = tuple(x0.shape[1:])
     b, d = x0.shape[0], math.prod(shape)
+    method = check_choice("method", method, ("auto", "newton", "newton-krylov"))
+    eigs = check_choice("eigs", eigs, ("auto", "full", "none"), count_least=2)
     if method == "auto":
         method = "newton" if d <= dense_max else "newton-krylov"
-    if method not in ("newton", "newton-krylov"):
-        raise ValueError(f"method must be 'auto', 'newton' or 'newton-krylov', got {method!r}")
     if eigs == "auto":
         eigs = "full" if d <= dense_max else 8
-    if not (eigs in ("full", "none") or (isinstance(eigs, int) and not isinstance(eigs, bool) and eigs >= 2)):
-        raise ValueError(f"eigs must be 'auto', 'full', 'none' or an int >= 2, got {eigs!r}")
     eig_tol = math.sqrt(torch.finfo(x0.dtype).eps) if eig_tol is None else check_positive("eig_tol", eig_tol)
 
     f = flatten_field(field, shape)

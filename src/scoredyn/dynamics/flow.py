@@ -15,6 +15,7 @@ from torch import Tensor
 
 from .._checks import check_count, check_finite, check_positive, check_state
 from .._integrate import integrate
+from ..metrics.knn import knn_checked
 from ._common import leader_clusters
 from .jacobian import Field, flatten_field
 
@@ -100,8 +101,8 @@ def basins(
                 f"attractors have shape {tuple(attractors.shape)}; expected (K, {', '.join(map(str, points.shape[1:]))})"
             )
         att = attractors.to(zf).reshape(attractors.shape[0], -1)
-        dist = torch.cdist(zf, att)
-        near, labels = dist.min(dim=1)
+        near, nearest = knn_checked(zf, att, 1)  # exact, chunked, cancellation-safe (metrics.knn)
+        near, labels = near[:, 0], nearest[:, 0]
         return torch.where(near <= tol, labels, torch.full_like(labels, -1)), attractors
     labels, leaders = leader_clusters(zf, tol)
     k = leaders.numel()

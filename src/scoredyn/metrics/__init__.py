@@ -5,6 +5,7 @@
 * :func:`sliced_wasserstein`, :func:`mmd`, :func:`energy_distance`, :func:`precision_recall`.
 * :func:`fid`, :func:`kid` on :func:`features` of a project classifier ("digits", "mnist") or a
   user-supplied Inception TorchScript file (see :data:`FEATURE_NOTE`).
+* :func:`log_likelihood`: per-sample log-likelihood through the probability-flow ODE.
 * :func:`unexplained_variance`: Wang & Vastola's fraction of a reference score not explained by a model.
 """
 
@@ -12,6 +13,7 @@ from .distances import MMD_BANDWIDTH_NOTE, PrecisionRecall, energy_distance, mmd
 from .features import FEATURE_NOTE, feature_net_info, features, load_feature_net
 from .fid import KID, fid, frechet_distance, gaussian_moments, kid
 from .knn import knn
+from .likelihood import LogLikelihood, log_likelihood
 from .memorization import COPY_RATIO, Memorization, memorization
 from .score_agreement import unexplained_variance
 
@@ -30,6 +32,8 @@ __all__ = [
     "gaussian_moments",
     "kid",
     "knn",
+    "LogLikelihood",
+    "log_likelihood",
     "load_feature_net",
     "memorization",
     "mmd",

@@ -11,6 +11,17 @@ from typing import Callable, Dict
 from torch import Tensor
 
 from .common import CountNFE, Run, SamplerDivergence, check_seeds, grid_values
+from .kdiffusion import (
+    ddim,
+    dpm_2,
+    dpm_2_ancestral,
+    dpmpp_2m_sde,
+    dpmpp_2s_ancestral,
+    dpmpp_3m_sde,
+    dpmpp_sde,
+    euler_ancestral,
+    lms,
+)
 from .grids import (
     max_pairwise_distance,
     ncsn_gamma,
@@ -23,6 +34,7 @@ from .grids import (
     sigma_grid,
     sigmas_loglinear,
 )
+from .invert import INVERTIBLE, invert
 from .noise import noise
 from .._integrate import Solution
 from .ode import autonomous, ode_adaptive, ode_adaptive_sampler, unconditional_ode
@@ -37,6 +49,8 @@ SAMPLERS: Dict[str, Callable[..., Tensor]] = {
     "euler_maruyama": euler_maruyama,
     "annealed_langevin": annealed_langevin,
     "ode_adaptive": ode_adaptive_sampler,
+    # k-diffusion's samplers and DDIM (sample/kdiffusion.py)
+    **{f.__name__: f for f in (euler_ancestral, dpm_2, dpm_2_ancestral, lms, dpmpp_2s_ancestral, dpmpp_sde, dpmpp_2m_sde, dpmpp_3m_sde, ddim)},
 }
 """Name -> sampler ``fn(denoiser, x, sigmas, ...)`` on any descending grid that may end in 0 (used by
 ``scoredyn sample --sampler NAME``)."""
@@ -49,6 +63,17 @@ with ``.field``): these take no denoiser, so they live outside :data:`SAMPLERS`.
 
 __all__ = [
     "FIELD_SAMPLERS",
+    "INVERTIBLE",
+    "invert",
+    "lms",
+    "euler_ancestral",
+    "dpmpp_sde",
+    "dpmpp_3m_sde",
+    "dpmpp_2s_ancestral",
+    "dpmpp_2m_sde",
+    "dpm_2_ancestral",
+    "dpm_2",
+    "ddim",
     "SAMPLERS",
     "CountNFE",
     "Run",

@@ -1,5 +1,5 @@
 """Pieces shared by every sampler: grid and seed validation, the denoiser call, callback, progress
-bar, a finite-value guard, and :class:`CountNFE`.
+bar, a finite-value guard, the fixed-grid step loop (:meth:`Run.loop`) and :class:`CountNFE`.
 
 Step arithmetic is done on Python floats (IEEE float64, as EDM keeps its time steps in float64);
 the state ``x`` keeps its own dtype and device, and the denoiser sees ``sigma`` as a ``(B,)``
@@ -9,29 +9,33 @@ tensor in ``x``'s dtype. The grid is read to the host once per run, never inside
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
-from .._checks import Denoiser, check_finite, check_state
+from .._checks import Denoiser, Seeds, check_finite, check_seeds, check_state
 
 Callback = Callable[[dict], Any]
-Seeds = Optional[Union[Sequence[int], Tensor]]
 GridLike = Union[Tensor, Sequence[float]]
+Step = Callable[[int, Tensor, Tensor, float, float], Tensor]
+"""``step(i, x, D, sigma, sigma_next) -> x_next``: one step of :meth:`Run.loop` given ``D = D(x, sigma)``."""
 
 
 class SamplerDivergence(ValueError, FloatingPointError):
     """A sampler produced NaN/Inf; the message names the step index and the sigmas of that step."""
 
 
-def grid_values(sigmas: GridLike, name: str = "sigmas", min_len: int = 2) -> list[float]:
+def grid_values(sigmas: GridLike, name: str = "sigmas", min_len: int = 2, direction: str = "descending") -> list[float]:
     """Validate a sampler grid and return it as float64 Python floats.
 
     The grid must be 1-D, finite, non-negative, strictly descending, with at least ``min_len``
-    values; a 0 may only appear last (it means "denoise fully", DESIGN.md §2).
+    values; a 0 may only appear last (it means "denoise fully", DESIGN.md §2). ``direction="ascending"``
+    asks for a strictly ascending grid of positive levels instead (inversion, :func:`~scoredyn.sample.invert`);
+    ``"either"`` accepts both.
     """
+    if direction not in ("descending", "ascending", "either"):
+        raise ValueError(f"direction must be 'descending', 'ascending' or 'either', got {direction!r}")
     if isinstance(sigmas, Tensor):
         if sigmas.dim() != 1:
             raise ValueError(f"{name} must be a 1-D tensor of noise levels, got shape {tuple(sigmas.shape)}")
@@ -49,34 +53,19 @@ def grid_values(sigmas: GridLike, name: str = "sigmas", min_len: int = 2) -> lis
     neg = [i for i, v in enumerate(vals) if v < 0]
     if neg:
         raise ValueError(f"{name}[{neg[0]}] = {vals[neg[0]]:.6g} is negative; expected noise levels >= 0")
+    up = direction == "ascending" or (direction == "either" and vals[1] > vals[0])
     for i in range(len(vals) - 1):
-        if not vals[i + 1] < vals[i]:
+        if up and not vals[i + 1] > vals[i]:
+            what = "strictly descending (sampling) or strictly ascending (inversion)" if direction == "either" else "strictly ascending"
+            raise ValueError(f"{name} must be {what}; {name}[{i}] = {vals[i]:.6g} >= {name}[{i + 1}] = {vals[i + 1]:.6g}")
+        if not up and not vals[i + 1] < vals[i]:
+            hint = " (only the deterministic samplers invert: sample.invert)" if vals[i + 1] > vals[i] else ""
             raise ValueError(
-                f"{name} must be strictly descending; {name}[{i}] = {vals[i]:.6g} <= {name}[{i + 1}] = {vals[i + 1]:.6g}"
+                f"{name} must be strictly descending{hint}; {name}[{i}] = {vals[i]:.6g} <= {name}[{i + 1}] = {vals[i + 1]:.6g}"
             )
+    if up and vals[0] == 0:
+        raise ValueError(f"an ascending {name} must start above 0 (the probability-flow ODE is singular at sigma = 0)")
     return vals
-
-
-def check_seeds(seeds: Seeds, batch: int) -> Optional[tuple[int, ...]]:
-    """``None``, or one integer seed per sample (a sequence or an integer tensor of length ``batch``)."""
-    if seeds is None:
-        return None
-    if isinstance(seeds, Tensor):
-        if seeds.dim() != 1 or seeds.is_floating_point() or seeds.is_complex():
-            raise ValueError(f"seeds must be a 1-D integer tensor, got shape {tuple(seeds.shape)} dtype {seeds.dtype}")
-        out = tuple(int(s) for s in seeds.tolist())
-    else:
-        try:
-            items = list(seeds)
-        except TypeError:
-            raise ValueError(f"seeds must be a sequence of integers (one per sample), got {type(seeds).__name__}") from None
-        for s in items:
-            if isinstance(s, bool) or not isinstance(s, numbers.Integral):
-                raise ValueError(f"seeds must be integers, got {s!r} of type {type(s).__name__}")
-        out = tuple(int(s) for s in items)
-    if len(out) != batch:
-        raise ValueError(f"got {len(out)} seed(s) for a batch of {batch} sample(s); expected one seed per sample")
-    return out
 
 
 class CountNFE:
@@ -130,6 +119,7 @@ class Run:
         seeds: Seeds = None,
         callback: Optional[Callback] = None,
         progress: bool = False,
+        invertible: bool = False,
     ) -> None:
         if not callable(denoiser):
             raise ValueError(f"{name}: denoiser must be callable as denoiser(x, sigma), got {type(denoiser).__name__}")
@@ -138,7 +128,9 @@ class Run:
         self.name = name
         self.denoiser = denoiser
         check_state("x", x)
-        self.sigmas = grid_values(sigmas)
+        self.sigmas = grid_values(sigmas, direction="either" if invertible else "descending")
+        self.ascending = self.sigmas[1] > self.sigmas[0]
+        """An ascending grid (inversion: data -> noise; only samplers built with ``invertible=True``)."""
         self.seeds = check_seeds(seeds, x.shape[0])
         self.callback = callback
         self.progress = bool(progress)
@@ -173,6 +165,23 @@ class Run:
 
             self._noise = NoiseStream(self.seeds, x.shape[1:], x.device, x.dtype)
         return self._noise(step + 1)
+
+    def loop(self, x: Tensor, step: Step, churn: Optional[Callable[[Run, Tensor, int], tuple[Tensor, float]]] = None) -> Tensor:
+        """The fixed-grid loop of the one-call-per-step samplers: at step ``i`` (``churn`` first raising
+        ``sigma_i`` to ``s_hat``, Karras et al. 2022 Alg. 2), ``D = D(x, sigma_i)``, the callback, then
+        ``x = step(i, x, D, sigma_i, sigma_{i+1})`` and the finite guard; returns :meth:`finish`."""
+        sig = self.sigmas
+        for i in self.steps():
+            s, s_next = sig[i], sig[i + 1]
+            extra: dict[str, float] = {}
+            if churn is not None:
+                x, s = churn(self, x, i)
+                extra = dict(sigma_hat=s)
+            d = self.denoise(x, s)
+            self.emit(i, x, d, **extra)
+            x = step(i, x, d, s, s_next)
+            self.guard(i, x, s, s_next)
+        return self.finish(x)
 
     def emit(self, i: int, x: Tensor, denoised: Optional[Tensor], **extra: Any) -> None:
         """Call the callback with ``i, sigma, sigma_next, x, denoised`` (and ``extra``)."""

@@ -21,6 +21,8 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from .._checks import check_seeds, check_shape
+
 _MASK = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 BLOCK_VALUES = 1024
@@ -67,10 +69,13 @@ def noise_block(seeds: Sequence[int], shape: Sequence[int], block: int, dtype: t
 
 
 def _check(seeds: Sequence[int], shape: Sequence[int]) -> tuple[list[int], tuple[int, ...]]:
-    seeds = [int(s) for s in seeds]
-    if not seeds:
+    try:
+        n = len(seeds)
+    except TypeError:
+        raise ValueError(f"seeds must be a sequence of integers (one per sample), got {type(seeds).__name__}") from None
+    if not n:
         raise ValueError("seeds is empty; expected one integer seed per sample")
-    return seeds, tuple(int(n) for n in shape)
+    return list(check_seeds(seeds, n) or ()), check_shape("shape", shape)
 
 
 def noise(

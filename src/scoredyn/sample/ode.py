@@ -15,8 +15,8 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import Tensor
 
-from .._checks import Denoiser, bcast, check_count, check_data, check_positive, check_range, check_state
-from .._integrate import Solution, integrate, odeint_dopri5, tolerances
+from .._checks import Denoiser, bcast, check_choice, check_count, check_data, check_positive, check_range, check_state
+from .._integrate import METHODS, Solution, integrate, odeint_dopri5, tolerances
 from .common import Callback, GridLike, Run, SamplerDivergence, Seeds
 
 Field = Callable[[Tensor], Tensor]
@@ -71,8 +71,12 @@ def ode_adaptive_sampler(
 ) -> Tensor:
     """Adaptive Dormand-Prince on the probability-flow ODE from ``sigmas[0]`` to the last positive level,
     then ``D`` when the grid ends in 0 (the registry form of :func:`ode_adaptive`)."""
-    run = Run("ode_adaptive", denoiser, x, sigmas, seeds, callback, progress)
+    run = Run("ode_adaptive", denoiser, x, sigmas, seeds, callback, progress, invertible=True)
     sig = run.sigmas
+    if run.ascending:  # inversion, data -> noise
+        from .invert import ode_ascending
+
+        return run.finish(ode_ascending(denoiser, x, sig[0], sig[-1], rtol=rtol, atol=atol))
     last = sig[-2] if sig[-1] == 0 else sig[-1]
     x = ode_adaptive(denoiser, x, sigma_min=last, sigma_max=sig[0], rtol=rtol, atol=atol).x
     if sig[-1] == 0:
@@ -126,6 +130,8 @@ def autonomous(
     f = as_field(field)
     x = check_state("x", x)
     times = _time_grid(tau, n_steps)
+    if method is not None:
+        check_choice("method", method, METHODS)
     if method is None:
         fixed = n_steps is not None or (isinstance(tau, Tensor) and rtol is None and atol is None)
         method = "euler" if fixed else "dopri5"

@@ -25,14 +25,31 @@ def euler(
     callback: Optional[Callback] = None, progress: bool = False,
 ) -> Tensor:
     """Euler's method on the probability-flow ODE (Song et al. 2021; Karras et al. 2022, Eq. 1)."""
-    run = Run("euler", denoiser, x, sigmas, seeds, callback, progress)
-    sig = run.sigmas
-    for i in run.steps():
-        d = run.denoise(x, sig[i])
-        run.emit(i, x, d)
-        x = d if sig[i + 1] == 0 else x + (x - d) * ((sig[i + 1] - sig[i]) / sig[i])
-        run.guard(i, x, sig[i], sig[i + 1])
-    return run.finish(x)
+    run = Run("euler", denoiser, x, sigmas, seeds, callback, progress, invertible=True)
+    return run.loop(x, lambda i, x, d, s, s_next: d if s_next == 0 else x + (x - d) * ((s_next - s) / s))
+
+
+class Churn:
+    """Karras et al. 2022 Algorithm 2, lines 4-6: before step ``i`` raise the noise level to
+    ``s_hat = s (1 + gamma)``, ``gamma = min(s_churn / N, sqrt 2 - 1)`` inside ``[s_tmin, s_tmax]``, by adding
+    noise of std ``s_noise sqrt(s_hat^2 - s^2)`` (drawn as the run's step-``i`` noise)."""
+
+    def __init__(self, s_churn: float, s_tmin: float, s_tmax: float, s_noise: float) -> None:
+        self.s_churn = check_positive("s_churn", s_churn, allow_zero=True)
+        self.s_noise = check_positive("s_noise", s_noise, allow_zero=True)
+        self.s_tmin = check_positive("s_tmin", s_tmin, allow_zero=True)
+        if math.isnan(float(s_tmax)) or float(s_tmax) < self.s_tmin:
+            raise ValueError(f"s_tmax must be >= s_tmin = {self.s_tmin} (inf allowed), got {s_tmax}")
+        self.s_tmax = float(s_tmax)
+
+    def __call__(self, run: Run, x: Tensor, i: int) -> tuple[Tensor, float]:
+        """``(x_hat, s_hat)`` for step ``i`` of ``run``."""
+        s = run.sigmas[i]
+        gamma = min(self.s_churn / run.n_steps, math.sqrt(2.0) - 1.0) if self.s_tmin <= s <= self.s_tmax else 0.0
+        s_hat = s * (1.0 + gamma)
+        if gamma > 0:
+            x = x + run.noise(x, i) * (self.s_noise * math.sqrt(s_hat**2 - s**2))
+        return x, s_hat
 
 
 def heun(
@@ -41,31 +58,20 @@ def heun(
     s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
 ) -> Tensor:
     """Heun's 2nd-order sampler with optional churn, Karras et al. 2022 (EDM) Algorithm 2."""
-    run = Run("heun", denoiser, x, sigmas, seeds, callback, progress)
-    sig, n = run.sigmas, run.n_steps
-    s_churn = check_positive("s_churn", s_churn, allow_zero=True)
-    s_noise = check_positive("s_noise", s_noise, allow_zero=True)
-    s_tmin = check_positive("s_tmin", s_tmin, allow_zero=True)
-    if math.isnan(float(s_tmax)) or float(s_tmax) < s_tmin:
-        raise ValueError(f"s_tmax must be >= s_tmin = {s_tmin} (inf allowed), got {s_tmax}")
-    for i in run.steps():
-        s, s_next = sig[i], sig[i + 1]
-        gamma = min(s_churn / n, math.sqrt(2.0) - 1.0) if s_tmin <= s <= s_tmax else 0.0
-        s_hat = s * (1.0 + gamma)
-        if gamma > 0:
-            x = x + run.noise(x, i) * (s_noise * math.sqrt(s_hat**2 - s**2))
-        d_hat = run.denoise(x, s_hat)
-        run.emit(i, x, d_hat, sigma_hat=s_hat)
+    run = Run("heun", denoiser, x, sigmas, seeds, callback, progress, invertible=True)
+    churn = Churn(s_churn, s_tmin, s_tmax, s_noise)
+    if run.ascending and churn.s_churn > 0:
+        raise ValueError("heun inverts (an ascending grid) only without churn; got s_churn > 0")
+
+    def step(i: int, x: Tensor, d_hat: Tensor, s_hat: float, s_next: float) -> Tensor:
         if s_next == 0:
-            x_next = d_hat
-        else:
-            slope = (x - d_hat) / s_hat
-            x_euler = x + slope * (s_next - s_hat)
-            slope_next = (x_euler - run.denoise(x_euler, s_next)) / s_next
-            x_next = x + (slope + slope_next) * (0.5 * (s_next - s_hat))
-        x = x_next
-        run.guard(i, x, s_hat, s_next)
-    return run.finish(x)
+            return d_hat
+        slope = (x - d_hat) / s_hat
+        x_euler = x + slope * (s_next - s_hat)
+        slope_next = (x_euler - run.denoise(x_euler, s_next)) / s_next
+        return x + (slope + slope_next) * (0.5 * (s_next - s_hat))
+
+    return run.loop(x, step, churn)
 
 
 def dpmpp_2m(
@@ -73,25 +79,22 @@ def dpmpp_2m(
     callback: Optional[Callback] = None, progress: bool = False,
 ) -> Tensor:
     """DPM-Solver++(2M), Lu et al. 2022 (arXiv:2211.01095) Alg. 2, in sigma-space as in k-diffusion."""
-    run = Run("dpmpp_2m", denoiser, x, sigmas, seeds, callback, progress)
-    sig = run.sigmas
-    old: Optional[Tensor] = None
-    for i in run.steps():
-        s, s_next = sig[i], sig[i + 1]
-        d = run.denoise(x, s)
-        run.emit(i, x, d)
+    run = Run("dpmpp_2m", denoiser, x, sigmas, seeds, callback, progress, invertible=True)
+    old: Optional[Tensor] = None  # D of the previous step
+
+    def step(i: int, x: Tensor, d: Tensor, s: float, s_next: float) -> Tensor:
+        nonlocal old
+        d_prev, old = old, d
         if s_next == 0:
-            x = d
-        else:
-            h = math.log(s / s_next)  # t = -log sigma; h = t_next - t
-            d_2 = d
-            if old is not None:
-                r = math.log(sig[i - 1] / s) / h  # h_last / h
-                d_2 = d * (1.0 + 0.5 / r) - old * (0.5 / r)
-            x = x * (s_next / s) - d_2 * math.expm1(-h)
-        old = d
-        run.guard(i, x, s, s_next)
-    return run.finish(x)
+            return d
+        h = math.log(s / s_next)  # t = -log sigma; h = t_next - t
+        d_2 = d
+        if d_prev is not None:
+            r = math.log(run.sigmas[i - 1] / s) / h  # h_last / h
+            d_2 = d * (1.0 + 0.5 / r) - d_prev * (0.5 / r)
+        return x * (s_next / s) - d_2 * math.expm1(-h)
+
+    return run.loop(x, step)
 
 
 def euler_maruyama(
@@ -104,18 +107,14 @@ def euler_maruyama(
     this coincides with Song et al.'s reverse-diffusion predictor for VE models.
     """
     run = Run("euler_maruyama", denoiser, x, sigmas, seeds, callback, progress)
-    sig = run.sigmas
-    for i in run.steps():
-        s, s_next = sig[i], sig[i + 1]
-        d = run.denoise(x, s)
-        run.emit(i, x, d)
+
+    def step(i: int, x: Tensor, d: Tensor, s: float, s_next: float) -> Tensor:
         if s_next == 0:
-            x = d
-        else:
-            var = s * s - s_next * s_next
-            x = x + (d - x) * (var / (s * s)) + run.noise(x, i) * math.sqrt(var)
-        run.guard(i, x, s, s_next)
-    return run.finish(x)
+            return d
+        var = s * s - s_next * s_next
+        return x + (d - x) * (var / (s * s)) + run.noise(x, i) * math.sqrt(var)
+
+    return run.loop(x, step)
 
 
 def annealed_langevin(
@@ -198,7 +197,7 @@ def unipc(
     order: int = 2, variant: str = "bh2", lower_order_final: bool = True,
 ) -> Tensor:
     """UniPC (UniP-p predictor + UniC corrector), Zhao et al. 2023 (arXiv:2302.04867), data prediction."""
-    run = Run("unipc", denoiser, x, sigmas, seeds, callback, progress)
+    run = Run("unipc", denoiser, x, sigmas, seeds, callback, progress, invertible=True)
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
     if variant not in ("bh1", "bh2"):

@@ -248,9 +248,9 @@ def _verdict_counts(study: Mapping[str, Any]) -> dict[str, int]:
     return counts
 
 
-def render_markdown(res: Mapping[str, Any], timings: Mapping[str, Any]) -> str:
+def render_markdown(res: Mapping[str, Any], timings: Mapping[str, Any], title: str = "scoredyn study report") -> str:
     """report.md from the results dictionary and the timings."""
-    L: list[str] = ["# scoredyn study report", ""]
+    L: list[str] = [f"# {title}", ""]
     v = res["versions"]
     L.append(
         f"Made with scoredyn {v['scoredyn']}, torch {v['torch']}, numpy {v['numpy']}, Python {v['python']} "
@@ -323,12 +323,13 @@ figcaption{font-style:italic;font-size:0.9em}
 """
 
 
-def render_html(res: Mapping[str, Any], figures: Mapping[str, bytes], timings: Mapping[str, Any]) -> str:
+def render_html(res: Mapping[str, Any], figures: Mapping[str, bytes], timings: Mapping[str, Any],
+                title: str = "scoredyn study report") -> str:
     """A self-contained report.html (figures embedded as base64 PNG) from the results dictionary."""
     e = html.escape
     H: list[str] = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>scoredyn study report</title>",
-        f"<style>{_CSS}</style></head><body><h1>scoredyn study report</h1>",
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
+        f"<style>{_CSS}</style></head><body><h1>{e(title)}</h1>",
     ]
     v = res["versions"]
     H.append(
@@ -399,6 +400,7 @@ def render_html(res: Mapping[str, Any], figures: Mapping[str, bytes], timings: M
 def write_report(
     out: Path, studies: Sequence[StudyReport], config: Mapping[str, Any], vers: Mapping[str, str],
     networks: Sequence[Any] = (),
+    title: str = "scoredyn study report",
 ) -> dict[str, Any]:
     """Write figures/*.png, report.md, report.html, results.json and timings.json under ``out``; return the
     results dict (every number in it depends on the configuration and seed only)."""
@@ -416,8 +418,8 @@ def write_report(
         atomic_write_bytes(out / "figures" / f"{name}.png", png)
     atomic_write_text(out / "results.json", json.dumps(res, indent=1, allow_nan=False))
     atomic_write_text(out / "timings.json", json.dumps(timings, indent=1, allow_nan=False))
-    atomic_write_text(out / "report.md", render_markdown(res, timings))
-    atomic_write_text(out / "report.html", render_html(res, figures, timings))
+    atomic_write_text(out / "report.md", render_markdown(res, timings, title))
+    atomic_write_text(out / "report.html", render_html(res, figures, timings, title))
     return res
 
 

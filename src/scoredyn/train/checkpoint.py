@@ -45,6 +45,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from .._checks import is_int, is_number
 from .._io import atomic_write_text
 from .._lock import FolderLock, acquire_folder, pid_alive
 from ..nets.precondition import Preconditioned, build
@@ -390,24 +391,16 @@ def read_config(ckpt: PathLike) -> dict[str, Any]:
     return cfg
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def check_config_types(path: Path, cfg: dict[str, Any]) -> None:
     """The entries of a checkpoint config that code reads, with the types it expects (naming file and key)."""
     def need(key: str, value: Any, ok: bool, expected: str) -> None:
         if not ok:
             raise ValueError(f"{path}: {key} is {value!r} ({type(value).__name__}); expected {expected}")
 
-    need("step", cfg["step"], _is_int(cfg["step"]) and cfg["step"] >= 0, "an integer >= 0")
+    need("step", cfg["step"], is_int(cfg["step"]) and cfg["step"] >= 0, "an integer >= 0")
     shape = cfg.get("data_shape")
     if shape is not None:
-        need("data_shape", shape, isinstance(shape, list) and all(_is_int(s) and s > 0 for s in shape),
+        need("data_shape", shape, isinstance(shape, list) and all(is_int(s) and s > 0 for s in shape),
              "a list of positive integers")
     model = cfg["model"]
     need("model", model, isinstance(model, dict), "an object with net, net_kwargs, conditioning")
@@ -416,10 +409,10 @@ def check_config_types(path: Path, cfg: dict[str, Any]) -> None:
                               ("conditioning", isinstance(model.get("conditioning"), str), "a conditioning name")):
         need(f"model.{key}", model.get(key), ok, expected)
     if "sigma_data" in model:
-        need("model.sigma_data", model["sigma_data"], _is_number(model["sigma_data"]), "a number")
+        need("model.sigma_data", model["sigma_data"], is_number(model["sigma_data"]), "a number")
     for key, value in model["net_kwargs"].items():
         if key in ("dim", "hidden", "depth", "channels", "base", "num_blocks"):
-            need(f"model.net_kwargs.{key}", value, _is_int(value) and value > 0, "a positive integer")
+            need(f"model.net_kwargs.{key}", value, is_int(value) and value > 0, "a positive integer")
     need("files", cfg["files"], isinstance(cfg["files"], dict), "an object of sha256 strings")
     opt = cfg["optimizer"]
     need("optimizer", opt, isinstance(opt, dict) and isinstance(opt.get("param_groups"), list),
@@ -432,7 +425,7 @@ def check_config_types(path: Path, cfg: dict[str, Any]) -> None:
             need("train.sigma_dist", sd, isinstance(sd, dict), "an object")
             for key in ("sigma_min", "sigma_max"):
                 if key in sd:
-                    need(f"train.sigma_dist.{key}", sd[key], _is_number(sd[key]) and sd[key] > 0, "a positive number")
+                    need(f"train.sigma_dist.{key}", sd[key], is_number(sd[key]) and sd[key] > 0, "a positive number")
 
 
 def _load_tensors(path: Path, device: Union[str, torch.device] = "cpu") -> dict[str, Tensor]:

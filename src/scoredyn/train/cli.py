@@ -22,6 +22,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from .._checks import is_int, is_number
 from .._io import atomic_write
 
 from ..nets.precondition import CONDITIONINGS
@@ -113,7 +114,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     s = subparsers.add_parser("sample", help="draw samples from a trained run", formatter_class=fmt,
                               description="Sample a trained run (its EMA weights) with a scoredyn.sample sampler.")
-    s.add_argument("run", help="run directory or checkpoint directory")
+    s.add_argument("run", nargs="?", default=None, help="run directory or checkpoint directory (or use --model)")
+    s.add_argument("--model", default=None, help="instead of RUN: diffusers:PATH (a local diffusers folder) or a run directory")
     s.add_argument("--sampler", default=_AUTO,
                    help="a name in scoredyn.sample.SAMPLERS; auto: annealed_langevin (multiplicative), "
                         "unconditional_ode (unconditional), heun (edm)")
@@ -170,9 +172,9 @@ def check_options(sampler: str, fn: Any, options: dict[str, Any]) -> dict[str, A
         if isinstance(default, bool):
             ok = isinstance(value, bool)
         elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
+            ok = is_int(value)
         elif isinstance(default, float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok = is_number(value)
             value = float(value) if ok else value
         elif isinstance(default, str):
             ok = isinstance(value, str)
@@ -239,9 +241,19 @@ def sample_main(args: argparse.Namespace) -> int:
     from .distributed import resolve_device
 
     dev = resolve_device(_device(args.device))
-    model = load(args.run, device=dev, which=args.weights)
-    cfg = model.checkpoint_config  # type: ignore[attr-defined]
-    sampler = args.sampler if args.sampler != _AUTO else _DEFAULT_SAMPLER[model.conditioning]
+    if (args.run is None) == (args.model is None):
+        raise ValueError("give either a run directory or --model diffusers:PATH (exactly one)")
+    if args.model is not None:  # an external model (scoredyn.external)
+        from ..external.cli import load_model
+
+        ext = load_model(args.model, dev)
+        model, args.run, default = ext.denoiser, args.model, ext.default_sampler
+        cfg = {"train": {"sigma_dist": {"sigma_min": ext.sigma_min, "sigma_max": ext.sigma_max}}, "data_shape": ext.data_shape}
+    else:
+        model = load(args.run, device=dev, which=args.weights)
+        cfg = model.checkpoint_config  # type: ignore[attr-defined]
+        default = _DEFAULT_SAMPLER[model.conditioning]
+    sampler = args.sampler if args.sampler != _AUTO else default
     registry = {**SAMPLERS, **FIELD_SAMPLERS}
     if sampler not in registry:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(sorted(registry))}")

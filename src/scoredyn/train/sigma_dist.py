@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .._checks import check_positive, check_range
+from .._checks import check_count, check_positive, check_range
 from ..sample.grids import sigmas_geometric
 
 SIGMA_DISTS = ("geometric", "loguniform", "lognormal")
@@ -45,7 +45,8 @@ class SigmaDist:
             if levels is None:
                 raise ValueError("sigma_dist 'geometric' needs levels: their number or the noise levels themselves")
             if isinstance(levels, int):
-                self.levels = sigmas_geometric(levels, sigma_min=self.sigma_min, sigma_max=self.sigma_max)
+                n = check_count("levels", levels, least=2)  # named as the caller passed it (the grid calls it n)
+                self.levels = sigmas_geometric(n, sigma_min=self.sigma_min, sigma_max=self.sigma_max)
             else:
                 lv = torch.as_tensor(levels, dtype=torch.float64).reshape(-1).cpu()
                 if lv.numel() == 0 or not bool(torch.isfinite(lv).all()) or bool((lv <= 0).any()):

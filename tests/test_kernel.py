@@ -1,0 +1,174 @@
+"""The streamed softmax kernel (analytic/_stream.py): exponent floor, block-sparse path, devices.
+
+Oracles: a float64 brute force (cdist -> softmax -> weighted mean) and the dense kernel. Tests that
+take ``device`` run on CUDA too when it is available (``pytest -k cuda`` selects them; ``make gpu-check``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from scoredyn.analytic import Empirical
+from scoredyn.analytic import _stream
+from scoredyn.analytic._stream import augment, chunks, log_floor, log_skip, skip_report, stream_logits
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+
+
+def brute(data: torch.Tensor, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """float64 reference denoiser ``softmax(-|x - x_i|^2 / (2 sigma^2)) @ X``."""
+    X, q = data.double().cpu(), x.double().cpu()
+    r2 = (q[:, None, :] - X[None, :, :]).square().sum(-1)  # not cdist: its |x|^2 expansion loses digits far away
+    return torch.softmax(-r2 / (2 * sigma**2), 1) @ X
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double().cpu(), b.double().cpu()
+    return float(((a - b).norm(dim=1) / b.norm(dim=1).clamp_min(1e-300)).max())
+
+
+def denoise(data: torch.Tensor, x: torch.Tensor, sigma: float, chunk: int, sparse: bool) -> torch.Tensor:
+    scale = torch.full((x.shape[0],), 1.0 / sigma**2, dtype=x.dtype, device=x.device)
+    p = stream_logits(x, scale, chunks(augment(data), chunk), sparse=sparse)
+    return p.wsum / p.sums[:, :1]
+
+
+@pytest.fixture(scope="module")
+def cloud() -> tuple[torch.Tensor, torch.Tensor]:
+    """600 points in d = 32 (nearest-neighbour spacing ~6) and queries near points, between them and far away."""
+    g = torch.Generator().manual_seed(0)
+    data = torch.randn(600, 32, generator=g)
+    near = data[::37] + 0.01 * torch.randn(17, 32, generator=g)
+    between = torch.randn(8, 32, generator=g)
+    far = torch.randn(4, 32, generator=g) * 300.0
+    return data, torch.cat([near, between, far])
+
+
+def test_floor_keeps_exp_and_products_normal() -> None:
+    for dtype, expect in ((torch.float32, -63.8), (torch.float64, -144.2)):
+        fl = log_floor(dtype)
+        assert abs(fl - expect) < 0.1, f"{dtype} floor {fl:.2f}, expected about {expect}"
+        fi = torch.finfo(dtype)
+        w = torch.tensor(fl, dtype=dtype).exp()
+        # the weight and its product with any |x| >= tiny^(1/4) are normal numbers (no subnormal slow path)
+        assert float(w) >= fi.tiny and float(w * fi.tiny**0.25) >= fi.tiny, f"{dtype}: exp(floor) = {float(w):.3g}"
+        # and negligible: below eps^4 relative to the largest weight 1
+        assert float(w) <= fi.eps**4 * 1.01
+    # the old clamp, float32 log(tiny), rounds to an argument whose exp is subnormal (the slow path)
+    old = torch.tensor(math.log(torch.finfo(torch.float32).tiny), dtype=torch.float32).exp()
+    assert float(old) < torch.finfo(torch.float32).tiny, "float32 exp(log(tiny)) is no longer subnormal"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("sigma", [0.02, 0.3, 1.5, 6.0, 60.0])
+def test_sparse_and_dense_match_float64_brute_force(cloud, device: str, sigma: float) -> None:
+    data, x = (t.to(device) for t in cloud)
+    ref = brute(data, x, sigma)
+    dense = denoise(data, x, sigma, chunk=64, sparse=False)
+    sparse = denoise(data, x, sigma, chunk=64, sparse=True)
+    assert torch.isfinite(sparse).all() and torch.isfinite(dense).all()
+    # float32 logits carry an absolute error of about eps |x| max|x_i| / sigma^2 (Empirical's docstring):
+    # a per-query tolerance from that bound (the far queries, |x| ~ 1700, dominate at middle sigma)
+    eps = torch.finfo(torch.float32).eps
+    tol = 1e-6 + eps * x.norm(dim=1).cpu().double() * float(data.norm(dim=1).max()) / sigma**2
+    for name, out in (("dense", dense), ("sparse", sparse)):
+        err = (out.double().cpu() - ref).norm(dim=1) / ref.norm(dim=1)
+        worst = int((err / tol).argmax())
+        assert bool((err <= tol).all()), f"sigma={sigma} {name}: query {worst} error {float(err[worst]):.2e} > {float(tol[worst]):.2e}"
+    diff = rel_err(sparse, dense)
+    assert diff < 3e-6, f"sigma={sigma}: sparse vs dense relative difference {diff:.2e} (float32 rounding)"
+
+
+@pytest.mark.parametrize("sigma", [0.02, 0.3])
+def test_sparse_path_skips_and_bounds_the_skipped_mass(cloud, sigma: float) -> None:
+    data, x = cloud
+    with skip_report() as rep:
+        out = denoise(data, x, sigma, chunk=64, sparse=True)
+    n_chunks = math.ceil(data.shape[0] / 64)
+    assert rep.pairs == x.shape[0] * n_chunks
+    # the memorization regime: a query keeps about one chunk of ten (measured: 0.90 and 0.65 of pairs
+    # skipped; chunks where over 3/4 of the queries are live are multiplied whole)
+    assert rep.skipped >= 0.6 * rep.pairs, f"sigma={sigma}: skipped only {rep.skipped} of {rep.pairs} pairs"
+    # each point is left out at most once, with a weight below exp(skip) = eps 2^-20 relative to the maximum
+    bound = data.shape[0] * math.exp(log_skip(torch.float32))
+    assert 0.0 <= rep.mass <= bound, f"skipped mass bound {rep.mass:.3g} above N exp(skip) = {bound:.3g}"
+    assert rel_err(out, brute(data, x, sigma)) < 1e-4
+
+
+def test_skip_report_mass_is_an_upper_bound() -> None:
+    """Two clusters; the far cluster's chunk is skipped; its true float64 mass is below the reported bound."""
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(64, 8, generator=g, dtype=torch.float64) * 0.1
+    # the far chunk sits at distance ~8.5: logit gap ~ 36 / sigma^2, past the float64 floor (144) for sigma < 0.5
+    b = a + 3.0
+    data = torch.cat([b, a])  # the far chunk first, so it is live when seen and dropped at the flush
+    x = a[:4] + 0.01
+    sigma = 0.4
+    with skip_report() as rep:
+        out = denoise(data, x, sigma, chunk=64, sparse=True)
+    assert rep.skipped == 4, f"expected the far chunk skipped for all 4 queries, got {rep}"
+    r2 = torch.cdist(x, data).square()
+    w = torch.softmax(-r2 / (2 * sigma**2), 1)
+    true_mass = float((w[:, :64].sum(1) / w.sum(1)).max())
+    assert 0 < true_mass <= rep.mass, f"reported bound {rep.mass:.3g} below the true skipped mass {true_mass:.3g}"
+    assert rep.mass < 1e-25, f"far chunk's mass bound {rep.mass:.3g}"
+    assert rel_err(out, brute(data, x, sigma)) < 1e-12
+
+
+def test_mid_stream_flushes_match(cloud, monkeypatch) -> None:
+    data, x = (t.double() for t in cloud)
+    full = denoise(data, x, 0.3, chunk=32, sparse=True)
+    monkeypatch.setattr(_stream, "PENDING_CHUNKS", 1)  # flush after every chunk
+    flushed = denoise(data, x, 0.3, chunk=32, sparse=True)
+    assert rel_err(flushed, full) < 1e-13
+    assert rel_err(flushed, brute(data, x, 0.3)) < 1e-12
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empirical_batch_independent_and_on_device(cloud, device: str) -> None:
+    """Batch alone vs together (the chunking depends on N only), on every device; float64 oracle."""
+    data, x = (t.double().to(device) for t in cloud)
+    model = Empirical(data, chunk_size=50)
+    for sigma in (0.05, 2.0):
+        out = model(x, sigma)
+        rows = torch.cat([model(x[i : i + 1], sigma) for i in range(x.shape[0])])
+        assert out.device.type == device
+        assert rel_err(out, rows) < 1e-13, f"sigma={sigma}: batch vs one-by-one {rel_err(out, rows):.2e}"
+        assert rel_err(out, brute(data, x, sigma)) < 1e-11
+
+
+def test_one_point_and_no_points() -> None:
+    data = torch.tensor([[1.0, 2.0]])
+    x = torch.tensor([[50.0, -3.0], [1.0, 2.0]])
+    for sparse in (True, False):
+        assert torch.equal(denoise(data, x, 0.01, chunk=8, sparse=sparse), data.expand(2, 2))
+        with pytest.raises(ValueError, match="no training points"):
+            stream_logits(x, torch.ones(2), iter(()), sparse=sparse)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_padded_table_all_kernels(device: str) -> None:
+    """d = 100: the table is padded to 112 columns; logits, top-k and pair kernels against float64 brute force."""
+    from scoredyn.analytic._stream import stream_pairs, table_width
+
+    g = torch.Generator().manual_seed(5)
+    data = torch.randn(300, 100, generator=g, dtype=torch.float64).to(device)
+    x = (data[:6] + 0.3 * torch.randn(6, 100, generator=g, dtype=torch.float64).to(device))
+    assert augment(data).shape == (300, 112) == (300, table_width(100)) and table_width(30) == 32
+    assert torch.equal(augment(data)[:, 102:], torch.zeros(300, 10, dtype=torch.float64, device=device))
+    for sigma in (0.5, 3.0):
+        for sparse in (True, False):
+            assert rel_err(denoise(data, x, sigma, chunk=64, sparse=sparse), brute(data, x, sigma)) < 1e-12
+    k_near = Empirical(data, top_k=5, chunk_size=64)(x, 3.0)
+    r2 = (x.cpu()[:, None] - data.cpu()[None]).square().sum(-1)
+    keep = r2.topk(5, dim=1, largest=False).indices
+    w = torch.softmax(-r2.gather(1, keep) / 18.0, 1)
+    assert rel_err(k_near, torch.einsum("bk,bkd->bd", w, data.cpu()[keep])) < 1e-12
+    # a pair kernel with a factor: logits -q / 8, rho = q; sums = [sum w, sum w q]
+    p = stream_pairs(x, chunks(augment(data), 64), lambda q: (-q / 8.0, q.clone()))
+    wq = torch.softmax(-r2 / 8.0, 1)
+    assert rel_err((p.sums[:, 1] / p.sums[:, 0])[:, None], (wq * r2).sum(1, keepdim=True)) < 1e-12
+    assert rel_err(p.wsum / p.sums[:, :1], wq @ data.cpu()) < 1e-12
