@@ -140,12 +140,13 @@ class Cond:
         return (self.quantity,) + (self.rhs.quantities if isinstance(self.rhs, Ref) else ())
 
     def shown(self, m: Mapping[str, Any]) -> str:
-        """The condition with its measured values, for a verdict's reason."""
+        """The condition with its measured values, for a verdict's reason: ``q = 1.2 <= 1.5`` when it holds,
+        ``q = 1.8, not <= 1.5`` when it does not."""
         a = _value(m, self.quantity)
         b = self.rhs.value(m) if isinstance(self.rhs, Ref) else float(self.rhs)
         fa = "n/a" if a is None else f"{a:.4g}"
         fb = "n/a" if b is None else f"{b:.4g}"
-        return f"{self.quantity} = {fa} {self.op} {fb}" if isinstance(self.rhs, Ref) else f"{self.quantity} = {fa} {self.op} {fb}"
+        return f"{self.quantity} = {fa} {self.op} {fb}" if self.holds(m) else f"{self.quantity} = {fa}, not {self.op} {fb}"
 
 
 @dataclass(frozen=True)
@@ -265,7 +266,7 @@ class Criterion:
             return Outcome("not supported", self.not_supported.shown(m))
         if sup is None or ns is None:
             return Outcome("inconclusive", f"not measured: {', '.join(missing)}")
-        return Outcome("inconclusive", f"between the bounds: {self.supported.shown(m)}")
+        return Outcome("inconclusive", f"neither bound holds: {self.supported.shown(m)}; {self.not_supported.shown(m)}")
 
 
 @dataclass(frozen=True)
