@@ -37,6 +37,7 @@ from .grids import (
 from .invert import INVERTIBLE, invert
 from .noise import noise
 from .._integrate import Solution
+from .pc import pc
 from .ode import autonomous, ode_adaptive, ode_adaptive_sampler, unconditional_ode
 from .solvers import annealed_langevin, dpmpp_2m, euler, euler_maruyama, heun, unipc
 from .teleport import teleport, with_teleport
@@ -48,6 +49,7 @@ SAMPLERS: Dict[str, Callable[..., Tensor]] = {
     "unipc": unipc,
     "euler_maruyama": euler_maruyama,
     "annealed_langevin": annealed_langevin,
+    "pc": pc,
     "ode_adaptive": ode_adaptive_sampler,
     # k-diffusion's samplers and DDIM (sample/kdiffusion.py)
     **{f.__name__: f for f in (euler_ancestral, dpm_2, dpm_2_ancestral, lms, dpmpp_2s_ancestral, dpmpp_sde, dpmpp_2m_sde, dpmpp_3m_sde, ddim)},
@@ -94,6 +96,7 @@ __all__ = [
     "ncsn_step_lr",
     "ncsn_variance_ratio",
     "noise",
+    "pc",
     "ode_adaptive",
     "ode_adaptive_sampler",
     "sigma_grid",

@@ -43,12 +43,15 @@ def _main(args: argparse.Namespace) -> int:
 
     cfg = with_overrides(preset(args.mode), data=args.data, device=args.device, seed=args.seed)
     names = list(STUDIES) if args.study == "all" else [args.study]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = run_studies(names, cfg, args.out, progress=not args.no_progress, reuse=not args.no_cache)
-    print(f"\n{'study':<10s} {'claims':>6s} {'supported':>10s} {'not supp.':>10s} {'inconcl.':>9s} {'wall s':>8s}")
+    print(f"\n{'study':<10s} {'claims':>6s} {'supported':>10s} {'not supp.':>10s} {'inconcl.':>9s}")
     for name, st in res["studies"].items():
         verdicts = [c["verdict"] for s in st["sections"] for c in s["claims"]]
         print(f"{name:<10s} {len(verdicts):6d} {verdicts.count('supported'):10d} "
-              f"{verdicts.count('not supported'):10d} {verdicts.count('inconclusive'):9d} {st['wall_s']:8.1f}")
-    print(f"total {time.perf_counter() - t0:.1f} s; report: {args.out / 'report.md'}")
+              f"{verdicts.count('not supported'):10d} {verdicts.count('inconclusive'):9d}")
+    failing = [g["name"] for g in res["networks"] if not g["passes"]]
+    print(f"networks: {len(res['networks'])}, failing the quality gate: {failing or 'none'}")
+    print(f"total {time.perf_counter() - t0:.1f} s wall, {time.process_time() - c0:.1f} s CPU (this process); "
+          f"report: {args.out / 'report.md'}")
     return 0

@@ -1,19 +1,24 @@
 """Helpers shared by the three studies: seeds, cached network training at checkpoints, the
-denoising loss, sample quality, and a few figure primitives."""
+denoising loss, sample quality, the quality gate's measurements, and a few figure primitives."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .. import metrics, nets, train
+from .. import metrics, nets, sample, train
 from ..sample.noise import noise
 from .config import NetConfig
+from .gate import GateResult, judge_network
 from .stages import Context
+
+#: Version of the training stage's output (bump when training changes in a way its config does not show).
+TRAIN_VERSION = 2
 
 #: The loss a network is trained with and evaluated on; sigma2 is lambda(sigma) = sigma^2 (NCSN, Kim, Zhou).
 WEIGHTING = {"multiplicative": "sigma2", "unconditional": "sigma2", "edm": "edm"}
@@ -38,9 +43,19 @@ def net_spec(cfg: NetConfig, data_shape: Sequence[int], conditioning: str, sigma
         kw = {"dim": int(math.prod(data_shape)), "hidden": cfg.hidden, "depth": cfg.depth, "cond": cond}
         return {"net": "MLP", "net_kwargs": kw, "conditioning": conditioning, "sigma_data": sigma_data}
     if cfg.arch == "unet":
-        kw = {"channels": int(data_shape[0]), "base": cfg.base, "cond": cond}
+        kw = {"channels": int(data_shape[0]), "base": cfg.base, "channel_mult": list(cfg.channel_mult),
+              "num_blocks": cfg.num_blocks, "attn_levels": [], "cond": cond}
         return {"net": "UNet", "net_kwargs": kw, "conditioning": conditioning, "sigma_data": sigma_data}
     raise ValueError(f"unknown network architecture {cfg.arch!r}; expected 'mlp' or 'unet'")
+
+
+@dataclass
+class Trained:
+    """A trained network: its spec, the checkpoint steps and the EMA weights at each (on the CPU)."""
+
+    spec: dict[str, Any]
+    steps: list[int]
+    weights: dict[str, dict[str, Tensor]]  # str(step) -> state_dict
 
 
 def train_checkpoints(
@@ -56,39 +71,45 @@ def train_checkpoints(
     sigma_min: float,
     sigma_max: float,
     levels: Optional[int] = None,
-) -> dict[str, Any]:
+    weighting: Optional[str] = None,
+    tempering: Optional[train.Tempering] = None,
+) -> Trained:
     """Train ``spec`` on ``data`` and keep the EMA weights at each of ``checkpoints`` (a cached stage).
 
     Training resumes between checkpoints (``scoredyn.train.fit`` with ``resume=True`` in the
-    stage's artifact folder), so checkpoint k continues checkpoint k-1's run exactly.
-    Returns ``{"spec", "steps", "weights": {step: state_dict}}`` (weights on the CPU).
+    stage's artifact folder), so checkpoint k continues checkpoint k-1's run exactly. A fixed
+    number of steps, never a time budget. ``tempering``: Zhou et al.'s tempered target
+    (:class:`scoredyn.train.Tempering`).
     """
     steps = sorted(int(s) for s in checkpoints)
+    conf = {**config, "spec": spec, "net": cfg, "checkpoints": steps, "sigma_dist": sigma_dist, "sigma_min": sigma_min,
+            "sigma_max": sigma_max, "levels": levels, "weighting": weighting,
+            **({} if tempering is None else {"tempering": tempering.as_dict()})}
 
-    def work() -> dict[str, Any]:
-        folder = ctx.stages.artifacts(name, config)
-        out: dict[str, Any] = {"spec": spec, "steps": steps}
+    def work() -> Trained:
+        folder = ctx.stages.artifacts(name, conf, TRAIN_VERSION)
+        weights: dict[str, dict[str, Tensor]] = {}
         for step in steps:
             run_config = cfg.train_config(
                 steps=step, batch_size=min(cfg.batch_size, data.shape[0]), sigma_dist=sigma_dist,
                 sigma_min=sigma_min, sigma_max=sigma_max, levels=levels, seed=ctx.seed, ckpt_every=max(steps) + 1,
-                log_every=max(1, step // 10), weighting=WEIGHTING[spec["conditioning"]],
+                log_every=max(1, step // 10), weighting=weighting or WEIGHTING[spec["conditioning"]],
+                ema_decay=cfg.ema_decay,
             )
-            ema = train.fit(dict(spec), data, run_config, out=folder, resume=True, device=ctx.device, progress=ctx.progress)
-            for k, v in ema.state_dict().items():
-                out[f"ckpt{step}.{k}"] = v.detach().to("cpu").clone()
-        return out
+            ema = train.fit(dict(spec), data, run_config, out=folder, resume=True, device=ctx.device, progress=ctx.progress,
+                            tempering=tempering)
+            weights[str(step)] = {k: v.detach().to("cpu").clone() for k, v in ema.state_dict().items()}
+        return Trained(spec=spec, steps=steps, weights=weights)
 
-    return ctx.stages.run(name, config, work)
+    return ctx.stages.run(name, conf, work, version=TRAIN_VERSION, result_type=Trained)
 
 
-def load_checkpoint(res: Mapping[str, Any], step: int, device: torch.device, data_shape: Sequence[int]) -> Any:
+def load_checkpoint(res: Trained, step: int, device: torch.device, data_shape: Sequence[int]) -> Any:
     """The EMA denoiser at ``step`` from :func:`train_checkpoints`' result, in eval mode without grads."""
-    model = nets.build(dict(res["spec"]))
-    prefix = f"ckpt{step}."
-    state = {k[len(prefix):]: v for k, v in res.items() if k.startswith(prefix)}
-    if not state:
-        raise ValueError(f"no weights for checkpoint step {step}; have steps {res['steps']}")
+    model = nets.build(dict(res.spec))
+    state = res.weights.get(str(step))
+    if state is None:
+        raise ValueError(f"no weights for checkpoint step {step}; have steps {res.steps}")
     model.load_state_dict(state)
     model.data_shape = tuple(data_shape)
     return model.to(device).eval().requires_grad_(False)
@@ -119,6 +140,53 @@ def loss_draws(ctx: Context, data: Tensor, n: int, sigma_min: float, sigma_max: 
     sigma = torch.exp(math.log(sigma_min) + uni * (math.log(sigma_max) - math.log(sigma_min))).to(data.dtype)
     z = noise(seeds(ctx.seed, stream + 1, n), tuple(data.shape[1:]), ctx.device, data.dtype)
     return x0, sigma, z
+
+
+def cycle(x: Tensor, n: int) -> Tensor:
+    """``n`` rows of ``x`` taken cyclically (a training set of any size as ``n`` "samples")."""
+    idx = torch.arange(int(n), device=x.device) % x.shape[0]
+    return x[idx]
+
+
+@dataclass
+class GateNumbers:
+    """What the quality gate needs from one network's samples (and, where they exist, its losses)."""
+
+    quality: float
+    quality_floor: float
+    nn_median: float
+    nn_median_heldout: float
+    loss: Optional[float] = None
+    loss_optimum: Optional[float] = None
+    loss_gaussian: Optional[float] = None
+
+
+def gate_numbers(samples: Tensor, train_set: Tensor, heldout: Tensor, *, seed: int, fid_net: Optional[str],
+                 loss: Optional[float] = None, loss_optimum: Optional[float] = None,
+                 loss_gaussian: Optional[float] = None) -> GateNumbers:
+    """The gate's measurements: quality of ``samples`` against ``heldout`` (FID with ``fid_net``, else
+    sliced W2) beside the floor (the training set itself, cycled to as many samples), and the median
+    nearest-neighbour distance to the training set beside held-out data's."""
+    n = samples.shape[0]
+    key = "fid" if fid_net is not None else "sw"
+    q = quality(samples, heldout, seed=seed, fid_net=fid_net)[key]
+    floor = quality(cycle(train_set, n), heldout, seed=seed, fid_net=fid_net)[key]
+    nn = float(nearest(samples.float(), train_set.float()).median())
+    nn_h = float(nearest(heldout[:n].float(), train_set.float()).median())
+    return GateNumbers(q, floor, nn, nn_h, loss, loss_optimum, loss_gaussian)
+
+
+def network_gate(ctx: Context, name: str, g: GateNumbers, fid_net: Optional[str]) -> GateResult:
+    """Judge a network by the quality gate and register it with the run."""
+    return ctx.network(judge_network(
+        name, quality_metric="FID" if fid_net is not None else "SW", quality=g.quality, quality_floor=g.quality_floor,
+        nn_median=g.nn_median, nn_median_heldout=g.nn_median_heldout, loss=g.loss, loss_optimum=g.loss_optimum,
+        loss_gaussian=g.loss_gaussian))
+
+
+def nearest(x: Tensor, train_set: Tensor) -> Tensor:
+    """Each row's distance to its nearest training point (``scoredyn.metrics.knn``)."""
+    return metrics.knn(x, train_set.to(x.device))[0][:, 0]
 
 
 def quality(samples: Tensor, reference: Tensor, *, seed: int, fid_net: Optional[str]) -> dict[str, float]:

@@ -1,8 +1,10 @@
 """Study configurations: ``tiny`` (tests, seconds), ``quick`` (the demo, minutes on a 2-core CPU) and
 ``full`` (GPU-sized: more data, longer training, more samples, MNIST).
 
-Every stage hashes the part of the configuration it uses, so changing one field reruns only the
-stages that depend on it.
+Every stage hashes the part of the configuration it uses (plus its version), so changing one field
+reruns only the stages that depend on it. Every random draw comes from a named stream (the
+``streams`` field of each study's configuration) and the run's seed. Quick mode is a fixed amount
+of work (steps, samples, sizes); nothing depends on how long it takes.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional
 
 from .._checks import check_positive
+from ..train.config import TrainConfig
 from ..train.config import TrainConfig
 
 MODES = ("tiny", "quick", "full")
@@ -26,9 +29,49 @@ class NetConfig:
     hidden: int = 128
     depth: int = 3
     base: int = 32  # UNet base channels
+    channel_mult: tuple[int, ...] = (1, 2)  # UNet levels
+    num_blocks: int = 1  # UNet residual blocks per level
     batch_size: int = 256
     lr: float = 2e-3
     steps: int = 2000
+    ema_decay: float = 0.999
+
+    def train_config(self, **fields: Any) -> TrainConfig:
+        """The :class:`~scoredyn.train.TrainConfig` of this network's runs (``fields`` fill in or override)."""
+        return TrainConfig(**{"steps": self.steps, "batch_size": self.batch_size, "lr": self.lr, **fields})
+
+
+@dataclass(frozen=True)
+class KimStreams:
+    """Kim's named random streams (each one per-sample seeded; see ``common.seeds``)."""
+
+    reduction_starts: int = 1
+    exact_starts: int = 2
+    net_samples: int = 3
+    image_samples: int = 4
+    sampler_starts: int = 5
+    langevin_noise: int = 6
+    exact_langevin_noise: int = 7
+    loss_draws: int = 10  # and 11 (the z of the same draws)
+    image_loss_draws: int = 12  # and 13
+    weighting_starts: int = 14
+
+
+@dataclass(frozen=True)
+class SmoothingStreams:
+    """The smoothing study's named random streams."""
+
+    starts: int = 20
+    sde_noise: int = 21
+
+
+@dataclass(frozen=True)
+class TeleportStreams:
+    """The teleport study's named random streams."""
+
+    skip_starts: int = 30
+    uv_probes: int = 31
+    gate_starts: int = 32
 
     def train_config(self, **fields: Any) -> TrainConfig:
         """The :class:`~scoredyn.train.TrainConfig` of this network's runs (``fields`` fill in or override)."""
@@ -63,36 +106,48 @@ class KimConfig:
     # (3b) the same on images (a digits / MNIST subset); 0 sizes = skipped
     image_data: str = "digits"
     image_sizes: tuple[int, ...] = (32, 512)
-    image_checkpoints: tuple[int, ...] = (500, 4000)
-    image_net: NetConfig = field(default_factory=lambda: NetConfig(hidden=256, depth=3, batch_size=128, lr=1e-3))
+    image_checkpoints: tuple[int, ...] = (300, 1000)
+    # a conv net: multiplicative MLPs do not sample digits (FID 216-301 vs a floor of about 22)
+    image_net: NetConfig = field(default_factory=lambda: NetConfig(arch="unet", base=32, channel_mult=(1, 2), num_blocks=1,
+                                                                   batch_size=64, lr=1e-3))
     image_sigma_min: float = 0.05
-    n_image_samples: int = 256
+    # (2g) Kim's open question: weightings lambda other than g^2 (the optimum is grad L_lambda / M_lambda)
+    weightings: tuple[str, ...] = ("sigma2", "sigma", "sigma3")
+    streams: KimStreams = field(default_factory=KimStreams)
+    n_image_samples: int = 200
+    image_rtol: float = 1e-3  # Dormand-Prince tolerance of the image networks' autonomous-ODE sampler
+    n_image_fixed_point_starts: int = 8  # Newton on a conv net's 64-dim field: each iteration costs 64 JVPs per start
     # (4) sampler comparison
     heun_steps: int = 40
     sampler_rtol: float = 1e-4
-    budget_s: float = 240.0
 
 
 @dataclass(frozen=True)
 class SmoothingConfig:
-    """Zhou et al. (2026): temperature smoothing and noise unconditioning of the empirical score."""
+    """Zhou et al. (2026): noise unconditioning and temperature-smoothed training, sampled with PC."""
 
     data: str = "digits"
     n_train: int = 300
     n_heldout: int = 500
     n_samples: int = 300
     sigma_min: float = 0.01
-    sigma_max: float = 20.0
     heun_steps: int = 30
-    # log-spaced: in pixel space the softmax at sigma_min = 0.01 stays sharp until sigma_min^2 T reaches the
-    # squared nearest-neighbour distance (T ~ 1e4 on digits), so the sweep spans decades
-    temperatures: tuple[float, ...] = (1.0, 10.0, 1e2, 1e3, 1e4, 1e5)
-    sigma_cs: tuple[float, ...] = (1.0, 10.0, 1e2, 1e3, 1e4)  # T(sigma) = max(sigma_c / sigma, 1)
-    top_k: int = 16
     fid: bool = True
-    n_levels_unconditional: int = 20  # discrete noise levels of the NoiseAgnostic(unconditional) optimum
-    net: NetConfig = field(default_factory=lambda: NetConfig(hidden=256, depth=3, batch_size=128, lr=1e-3, steps=1500))
-    budget_s: float = 240.0
+    n_levels: int = 30  # discrete training levels of the unconditional networks and optima (the paper: 1000)
+    pc_steps: int = 100  # predictor-corrector levels (the paper: 1000)
+    snr: float = 0.16  # score_sde's CIFAR-10 setting
+    sigma_c: float = 10.0  # collapse level; data in [-1, 1]: the paper's T = 5/sigma
+    k: int = 10  # neighbours of the tempered target (the paper: 30, 100; 10 on Cat-Caracal)
+    variant: str = "paper"  # eq. 10 ("paper") or the released code ("code")
+    n_reference_samples: int = 100  # samples of the exact optima (their cost grows with the training set)
+    gamma_ratio: float = 1.05  # gamma_ex's distance ratio C (not stated in the paper)
+    gamma_points: int = 8
+    domination_sigmas: tuple[float, ...] = (0.05, 0.2, 1.0)
+    temperatures: tuple[float, ...] = (1.0, 1e2, 1e4)  # extension: sampling-time tempering of the empirical score
+    # a conv net: MLPs do not sample digits well enough for the quality gate (EDM MLP with PC: FID 104 vs a floor of 20)
+    net: NetConfig = field(default_factory=lambda: NetConfig(arch="unet", base=32, channel_mult=(1, 2), num_blocks=1,
+                                                             batch_size=64, lr=1e-3, steps=800))
+    streams: SmoothingStreams = field(default_factory=SmoothingStreams)
 
 
 @dataclass(frozen=True)
@@ -102,18 +157,23 @@ class TeleportConfig:
     data: str = "digits"
     n_train: int = 1200
     n_heldout: int = 500
-    n_samples: int = 500
-    net: NetConfig = field(default_factory=lambda: NetConfig(hidden=256, depth=3, batch_size=256, lr=1e-3, steps=2000))
+    n_samples: int = 400
+    # a conv net (an MLP does not sample digits well: FID 42-70 vs a floor of 22-32, rising with NFE)
+    net: NetConfig = field(default_factory=lambda: NetConfig(arch="unet", base=32, channel_mult=(1, 2), num_blocks=1,
+                                                             batch_size=64, lr=1e-3, steps=1024))
+    # >= 8 log-spaced checkpoints for "learned early" (the last one is the network of every other claim)
+    checkpoints: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512, 1024)
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     uv_sigmas: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
     uv_n: int = 256
     gmm_components: tuple[int, ...] = (2, 10, 50)
     samplers: tuple[str, ...] = ("heun", "dpmpp_2m", "unipc")
-    nfes: tuple[int, ...] = (10, 20, 40)
+    fixed_step_samplers: tuple[str, ...] = ("dpmpp_2m", "unipc")  # the authors' benchmark: steps fixed on [s_min, s_skip]
+    nfes: tuple[int, ...] = (10, 20)  # ascending; every skip fraction at the largest, the others unskipped
     skip_fractions: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
     fid: bool = True
-    budget_s: float = 240.0
+    streams: TeleportStreams = field(default_factory=TeleportStreams)
 
 
 @dataclass(frozen=True)
@@ -138,17 +198,18 @@ def _tiny() -> StudyConfig:
         train_sizes=(8, 64), checkpoints=(30, 90), net=NetConfig(hidden=32, depth=2, batch_size=64, lr=3e-3),
         n_net_samples=48, n_fixed_point_starts=24, image_sizes=(8, 24), image_checkpoints=(20, 40),
         image_net=NetConfig(hidden=32, depth=2, batch_size=8, lr=3e-3), n_image_samples=16, heun_steps=10,
-        sampler_rtol=1e-3, budget_s=30.0,
+        sampler_rtol=1e-3,
     )
     smoothing = SmoothingConfig(
-        n_train=60, n_heldout=60, n_samples=40, heun_steps=8, temperatures=(1.0, 1e4), sigma_cs=(1e2,),
-        top_k=8, fid=False, n_levels_unconditional=8,
-        net=NetConfig(hidden=32, depth=2, batch_size=32, lr=2e-3, steps=60), budget_s=30.0,
+        n_train=60, n_heldout=60, n_samples=40, heun_steps=8, temperatures=(1.0, 1e4), fid=False, k=5, n_levels=8,
+        pc_steps=10, n_reference_samples=16, gamma_points=3,
+        net=NetConfig(hidden=32, depth=2, batch_size=32, lr=2e-3, steps=60),
     )
     teleport = TeleportConfig(
         n_train=120, n_heldout=60, n_samples=40, net=NetConfig(hidden=32, depth=2, batch_size=32, lr=2e-3, steps=60),
-        uv_sigmas=(0.1, 1.0, 10.0), uv_n=32, gmm_components=(2, 5), samplers=("heun", "dpmpp_2m"), nfes=(8,),
-        skip_fractions=(0.0, 0.25), fid=False, budget_s=30.0,
+        checkpoints=(15, 30, 60), uv_sigmas=(0.1, 1.0, 10.0), uv_n=32, gmm_components=(2, 5),
+        samplers=("heun", "dpmpp_2m"), fixed_step_samplers=("dpmpp_2m",), nfes=(6, 8), skip_fractions=(0.0, 0.25),
+        fid=False,
     )
     return StudyConfig(mode="tiny", kim=kim, smoothing=smoothing, teleport=teleport)
 
@@ -161,19 +222,18 @@ def _full() -> StudyConfig:
         n_fixed_point_starts=1024, image_data="mnist", image_sizes=(64, 1024, 10000),
         image_checkpoints=(2000, 10000, 40000),
         image_net=NetConfig(arch="unet", base=64, batch_size=128, lr=2e-4), n_image_samples=1000,
-        heun_steps=100, sampler_rtol=1e-5, budget_s=3 * 3600.0,
+        heun_steps=100, sampler_rtol=1e-5,
     )
     smoothing = SmoothingConfig(
-        data="mnist", n_train=2000, n_heldout=5000, n_samples=2000, heun_steps=40,
-        temperatures=(1.0, 10.0, 1e2, 3e2, 1e3, 3e3, 1e4, 3e4, 1e5, 1e6),
-        sigma_cs=(1.0, 10.0, 30.0, 1e2, 3e2, 1e3, 1e4), top_k=64,
-        n_levels_unconditional=50, net=NetConfig(arch="unet", base=64, batch_size=128, lr=2e-4, steps=40000),
-        budget_s=3 * 3600.0,
+        data="mnist", n_train=2000, n_heldout=5000, n_samples=2000, heun_steps=40, n_levels=200, pc_steps=1000, k=30,
+        n_reference_samples=500, gamma_points=12, temperatures=(1.0, 1e2, 1e3, 1e4, 1e5),
+        net=NetConfig(arch="unet", base=64, batch_size=128, lr=2e-4, steps=40000),
     )
     teleport = TeleportConfig(
         data="mnist", n_train=60000, n_heldout=10000, n_samples=5000,
-        net=NetConfig(arch="unet", base=64, batch_size=128, lr=2e-4, steps=100000), uv_n=2048,
-        gmm_components=(2, 10, 100), nfes=(10, 20, 35, 50), budget_s=3 * 3600.0,
+        net=NetConfig(arch="unet", base=64, channel_mult=(1, 2, 2), num_blocks=2, batch_size=128, lr=2e-4, steps=102400),
+        checkpoints=tuple(102400 // 2**k for k in range(9, -1, -1)), uv_n=2048,
+        gmm_components=(2, 10, 100), nfes=(10, 20, 35, 50),
     )
     return StudyConfig(mode="full", kim=kim, smoothing=smoothing, teleport=teleport)
 

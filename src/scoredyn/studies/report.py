@@ -24,7 +24,11 @@ import torch
 
 from .stages import StageRecord, atomic_write_bytes, atomic_write_text
 
-VERDICTS = ("supported", "not supported", "inconclusive")
+from .claims import VERDICTS
+from .gate import GATE_TEXT
+
+_GATE_TEXT_MD = ("Before a network's numbers enter a claim it must sample the data: " + GATE_TEXT + ". A claim that "
+                 "rests on a network that fails is inconclusive.")
 SIG_DIGITS = 4
 
 Number = Union[int, float, None]
@@ -58,16 +62,10 @@ def fmt(v: Cell) -> str:
     return str(v)
 
 
-def judge(supported: bool, *, inconclusive: bool = False) -> str:
-    """The verdict string: ``inconclusive`` wins, then supported / not supported."""
-    if inconclusive:
-        return "inconclusive"
-    return "supported" if supported else "not supported"
-
-
 @dataclass
 class Claim:
-    """One row of a claims table: the paper's claim, where it is stated, what was measured and the verdict."""
+    """One row of a claims table, made by :meth:`scoredyn.studies.claims.ClaimSpec.judge`: the claim, where
+    it is stated, its kind, the networks it rests on, what was measured, the criterion, the verdict and why."""
 
     id: str
     claim: str
@@ -76,6 +74,9 @@ class Claim:
     criterion: str
     verdict: str
     note: str = ""
+    kind: str = "paper"
+    networks: list[str] = field(default_factory=list)
+    reason: str = ""
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -92,8 +93,9 @@ class Claim:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "claim": self.claim, "reference": self.reference, "measured": self.measured,
-            "criterion": self.criterion, "verdict": self.verdict, "note": self.note,
+            "id": self.id, "claim": self.claim, "reference": self.reference, "kind": self.kind,
+            "networks": list(self.networks), "measured": self.measured, "criterion": self.criterion,
+            "verdict": self.verdict, "reason": self.reason, "note": self.note,
         }
 
 
@@ -149,6 +151,7 @@ class StudyReport:
     notes: list[str] = field(default_factory=list)
     stages: list[StageRecord] = field(default_factory=list)
     wall_s: float = 0.0
+    cpu_s: float = 0.0
 
     @property
     def claims(self) -> list[Claim]:
@@ -186,19 +189,23 @@ def versions(device: torch.device) -> dict[str, str]:
     }
 
 
-def results_dict(studies: Sequence[StudyReport], config: Mapping[str, Any], vers: Mapping[str, str]) -> dict[str, Any]:
-    """The one dictionary that report.md, report.html and results.json are all generated from."""
-    out: dict[str, Any] = {"config": dict(config), "versions": dict(vers), "studies": {}}
+def results_dict(studies: Sequence[StudyReport], config: Mapping[str, Any], vers: Mapping[str, str],
+                 networks: Sequence[Any] = ()) -> dict[str, Any]:
+    """The one dictionary that report.md, report.html and results.json are all generated from.
+
+    ``networks``: the :class:`scoredyn.studies.gate.GateResult` of every trained network.
+    """
+    nets = []
+    for g in networks:
+        d = g.as_dict()
+        nets.append({k: (sig(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v) for k, v in d.items()})
+    out: dict[str, Any] = {"config": dict(config), "versions": dict(vers), "networks": nets, "studies": {}}
     for st in studies:
         out["studies"][st.name] = {
             "title": st.title,
             "papers": st.papers,
             "summary": st.summary,
-            "wall_s": sig(st.wall_s),
             "notes": list(st.notes),
-            "stages": [
-                {"name": r.name, "key": r.key, "seconds": sig(r.seconds), "cached": r.cached} for r in st.stages
-            ],
             "sections": [
                 {
                     "title": s.title,
@@ -211,6 +218,18 @@ def results_dict(studies: Sequence[StudyReport], config: Mapping[str, Any], vers
             ],
         }
     return out
+
+
+def timings_dict(studies: Sequence[StudyReport]) -> dict[str, Any]:
+    """Wall and CPU seconds per study and per stage (timings.json; kept out of results.json, whose numbers
+    depend on the seed alone)."""
+    return {
+        st.name: {
+            "wall_s": sig(st.wall_s), "cpu_s": sig(st.cpu_s),
+            "stages": [{"name": r.name, "key": r.key, "seconds": sig(r.seconds), "cached": r.cached} for r in st.stages],
+        }
+        for st in studies
+    }
 
 
 def _measured_text(measured: Mapping[str, Cell]) -> str:
@@ -229,8 +248,8 @@ def _verdict_counts(study: Mapping[str, Any]) -> dict[str, int]:
     return counts
 
 
-def render_markdown(res: Mapping[str, Any], title: str = "scoredyn study report") -> str:
-    """report.md from the results dictionary."""
+def render_markdown(res: Mapping[str, Any], timings: Mapping[str, Any], title: str = "scoredyn study report") -> str:
+    """report.md from the results dictionary and the timings."""
     L: list[str] = [f"# {title}", ""]
     v = res["versions"]
     L.append(
@@ -240,7 +259,16 @@ def render_markdown(res: Mapping[str, Any], title: str = "scoredyn study report"
     L += ["", "## Summary", "", "| Study | Claims | supported | not supported | inconclusive | Wall time (s) |", "|---|---|---|---|---|---|"]
     for name, st in res["studies"].items():
         c = _verdict_counts(st)
-        L.append(f"| {name} | {sum(c.values())} | {c['supported']} | {c['not supported']} | {c['inconclusive']} | {fmt(st['wall_s'])} |")
+        L.append(f"| {name} | {sum(c.values())} | {c['supported']} | {c['not supported']} | {c['inconclusive']} | "
+                 f"{fmt(timings.get(name, {}).get('wall_s'))} |")
+    if res.get("networks"):
+        L += ["", "## Trained networks and their quality gate", "", _GATE_TEXT_MD, "",
+              "| Network | Quality | Floor | NN median | held-out NN median | Loss | Optimum | Gaussian | Gap closed | Passes | Reason |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for g in res["networks"]:
+            L.append(f"| {g['name']} | {g['quality_metric']} {fmt(g['quality'])} | {fmt(g['quality_floor'])} | "
+                     f"{fmt(g['nn_median'])} | {fmt(g['nn_median_heldout'])} | {fmt(g['loss'])} | {fmt(g['loss_optimum'])} | "
+                     f"{fmt(g['loss_gaussian'])} | {fmt(g['gap_closed'])} | {fmt(g['passes'])} | {_md_escape(g['reason'])} |")
     for name, st in res["studies"].items():
         L += ["", f"## {st['title']}", "", f"*Papers:* {st['papers']}", "", st["summary"], ""]
         for s in st["sections"]:
@@ -248,17 +276,18 @@ def render_markdown(res: Mapping[str, Any], title: str = "scoredyn study report"
             if s["text"]:
                 L += [s["text"], ""]
             if s["claims"]:
-                L += ["| ID | Claim | Reference | Measured | Criterion | Verdict |", "|---|---|---|---|---|---|"]
+                L += ["| ID | Kind | Claim | Reference | Networks | Measured | Criterion | Verdict |",
+                      "|---|---|---|---|---|---|---|---|"]
                 for c in s["claims"]:
                     verdict = f"**{c['verdict']}**"
                     L.append(
-                        f"| {c['id']} | {_md_escape(c['claim'])} | {_md_escape(c['reference'])} | "
+                        f"| {c['id']} | {c['kind']} | {_md_escape(c['claim'])} | {_md_escape(c['reference'])} | "
+                        f"{_md_escape(', '.join(c['networks']) or '(analytic)')} | "
                         f"{_md_escape(_measured_text(c['measured']))} | {_md_escape(c['criterion'])} | {verdict} |"
                     )
-                notes = [c for c in s["claims"] if c["note"]]
-                if notes:
-                    L.append("")
-                    L += [f"- {c['id']}: {c['note']}" for c in notes]
+                L.append("")
+                L += [f"- {c['id']} ({c['verdict']}): {_md_escape(c['reason'])}" + (f" — {c['note']}" if c["note"] else "")
+                      for c in s["claims"]]
                 L.append("")
             for tname, t in s["tables"].items():
                 L += [f"**{t['title']}**", ""]
@@ -274,7 +303,7 @@ def render_markdown(res: Mapping[str, Any], title: str = "scoredyn study report"
         if st["notes"]:
             L += ["**Notes.**", ""] + [f"- {n}" for n in st["notes"]] + [""]
         L += ["**Stage timings.**", "", "| Stage | Seconds | Cached |", "|---|---|---|"]
-        for r in st["stages"]:
+        for r in timings.get(name, {}).get("stages", []):
             L.append(f"| {r['name']} | {fmt(r['seconds'])} | {fmt(r['cached'])} |")
         L.append("")
     return "\n".join(L) + "\n"
@@ -294,7 +323,8 @@ figcaption{font-style:italic;font-size:0.9em}
 """
 
 
-def render_html(res: Mapping[str, Any], figures: Mapping[str, bytes], title: str = "scoredyn study report") -> str:
+def render_html(res: Mapping[str, Any], figures: Mapping[str, bytes], timings: Mapping[str, Any],
+                title: str = "scoredyn study report") -> str:
     """A self-contained report.html (figures embedded as base64 PNG) from the results dictionary."""
     e = html.escape
     H: list[str] = [
@@ -312,8 +342,20 @@ def render_html(res: Mapping[str, Any], figures: Mapping[str, bytes], title: str
     for name, st in res["studies"].items():
         c = _verdict_counts(st)
         H.append(f"<tr><td>{e(name)}</td><td>{sum(c.values())}</td><td>{c['supported']}</td><td>{c['not supported']}</td>"
-                 f"<td>{c['inconclusive']}</td><td>{e(fmt(st['wall_s']))}</td></tr>")
+                 f"<td>{c['inconclusive']}</td><td>{e(fmt(timings.get(name, {}).get('wall_s')))}</td></tr>")
     H.append("</table>")
+    if res.get("networks"):
+        H.append(f"<h2>Trained networks and their quality gate</h2><p>{e(_GATE_TEXT_MD)}</p><table><tr><th>Network</th>"
+                 "<th>Quality</th><th>Floor</th><th>NN median</th><th>held-out NN median</th><th>Loss</th><th>Optimum</th>"
+                 "<th>Gaussian</th><th>Gap closed</th><th>Passes</th><th>Reason</th></tr>")
+        for g in res["networks"]:
+            cls = "supported" if g["passes"] else "not-supported"
+            H.append(f"<tr><td>{e(g['name'])}</td><td>{e(g['quality_metric'])} {e(fmt(g['quality']))}</td>"
+                     f"<td>{e(fmt(g['quality_floor']))}</td><td>{e(fmt(g['nn_median']))}</td>"
+                     f"<td>{e(fmt(g['nn_median_heldout']))}</td><td>{e(fmt(g['loss']))}</td><td>{e(fmt(g['loss_optimum']))}</td>"
+                     f"<td>{e(fmt(g['loss_gaussian']))}</td><td>{e(fmt(g['gap_closed']))}</td>"
+                     f"<td class='{cls}'>{e(fmt(g['passes']))}</td><td>{e(g['reason'])}</td></tr>")
+        H.append("</table>")
     for name, st in res["studies"].items():
         H.append(f"<h2>{e(st['title'])}</h2><p><i>Papers:</i> {e(st['papers'])}</p><p>{e(st['summary'])}</p>")
         for s in st["sections"]:
@@ -321,18 +363,18 @@ def render_html(res: Mapping[str, Any], figures: Mapping[str, bytes], title: str
             if s["text"]:
                 H.append(f"<p>{e(s['text'])}</p>")
             if s["claims"]:
-                H.append("<table><tr><th>ID</th><th>Claim</th><th>Reference</th><th>Measured</th><th>Criterion</th><th>Verdict</th></tr>")
+                H.append("<table><tr><th>ID</th><th>Kind</th><th>Claim</th><th>Reference</th><th>Networks</th><th>Measured</th>"
+                         "<th>Criterion</th><th>Verdict</th><th>Why</th></tr>")
                 for c in s["claims"]:
                     cls = c["verdict"].replace(" ", "-")
                     H.append(
-                        f"<tr><td>{e(c['id'])}</td><td>{e(c['claim'])}</td><td>{e(c['reference'])}</td>"
+                        f"<tr><td>{e(c['id'])}</td><td>{e(c['kind'])}</td><td>{e(c['claim'])}</td><td>{e(c['reference'])}</td>"
+                        f"<td>{e(', '.join(c['networks']) or '(analytic)')}</td>"
                         f"<td>{e(_measured_text(c['measured']))}</td><td>{e(c['criterion'])}</td>"
-                        f"<td class='{cls}'>{e(c['verdict'])}</td></tr>"
+                        f"<td class='{cls}'>{e(c['verdict'])}</td><td>{e(c['reason'])}"
+                        + (f" — {e(c['note'])}" if c["note"] else "") + "</td></tr>"
                     )
                 H.append("</table>")
-                notes = [c for c in s["claims"] if c["note"]]
-                if notes:
-                    H.append("<ul>" + "".join(f"<li>{e(c['id'])}: {e(c['note'])}</li>" for c in notes) + "</ul>")
             for tname, t in s["tables"].items():
                 H.append(f"<p><b>{e(t['title'])}</b></p><table><tr>" + "".join(f"<th>{e(c)}</th>" for c in t["columns"]) + "</tr>")
                 for r in t["rows"]:
@@ -348,7 +390,7 @@ def render_html(res: Mapping[str, Any], figures: Mapping[str, bytes], title: str
         if st["notes"]:
             H.append("<p><b>Notes.</b></p><ul>" + "".join(f"<li>{e(n)}</li>" for n in st["notes"]) + "</ul>")
         H.append("<p><b>Stage timings.</b></p><table><tr><th>Stage</th><th>Seconds</th><th>Cached</th></tr>")
-        for r in st["stages"]:
+        for r in timings.get(name, {}).get("stages", []):
             H.append(f"<tr><td>{e(r['name'])}</td><td>{e(fmt(r['seconds']))}</td><td>{e(fmt(r['cached']))}</td></tr>")
         H.append("</table>")
     H.append("</body></html>")
@@ -357,9 +399,11 @@ def render_html(res: Mapping[str, Any], figures: Mapping[str, bytes], title: str
 
 def write_report(
     out: Path, studies: Sequence[StudyReport], config: Mapping[str, Any], vers: Mapping[str, str],
+    networks: Sequence[Any] = (),
     title: str = "scoredyn study report",
 ) -> dict[str, Any]:
-    """Write figures/*.png, report.md, report.html and results.json under ``out``; return the results dict."""
+    """Write figures/*.png, report.md, report.html, results.json and timings.json under ``out``; return the
+    results dict (every number in it depends on the configuration and seed only)."""
     out = Path(out)
     figures: dict[str, bytes] = {}
     for st in studies:
@@ -368,12 +412,14 @@ def write_report(
                 if f.name in figures:
                     raise ValueError(f"two figures are named {f.name!r}; figure names must be unique")
                 figures[f.name] = f.png
-    res = results_dict(studies, config, vers)
+    res = results_dict(studies, config, vers, networks)
+    timings = timings_dict(studies)
     for name, png in figures.items():
         atomic_write_bytes(out / "figures" / f"{name}.png", png)
     atomic_write_text(out / "results.json", json.dumps(res, indent=1, allow_nan=False))
-    atomic_write_text(out / "report.md", render_markdown(res, title))
-    atomic_write_text(out / "report.html", render_html(res, figures, title))
+    atomic_write_text(out / "timings.json", json.dumps(timings, indent=1, allow_nan=False))
+    atomic_write_text(out / "report.md", render_markdown(res, timings, title))
+    atomic_write_text(out / "report.html", render_html(res, figures, timings, title))
     return res
 
 

@@ -1,38 +1,130 @@
 """Study ``teleport``: Wang & Vastola, "The Hidden Linear Structure in Score-Based Models and its
-Application" (arXiv:2311.10892).
+Application" (arXiv:2311.10892; TMLR version arXiv:2412.09726).
 
-1. How much of a trained network's score the Gaussian, Gaussian-mixture (several K) and empirical
-   scores explain, per noise level (the fraction of unexplained variance,
-   ``scoredyn.metrics.unexplained_variance``): the Gaussian dominates at moderate to high noise, a
-   coarse mixture beats both the Gaussian and the training-set score at low noise, and the
-   Gaussian part is learned early in training.
-2. Analytical teleportation (``scoredyn.sample.with_teleport``): jump in closed form through the
-   first part of sampling; with Heun, DPM-Solver++(2M) and UniPC at several NFE, the claim is
-   that 15-30% of the steps can be skipped at no loss of quality.
+1. How much of a trained network's score analytical models explain, per noise level (the fraction
+   of unexplained variance, ``scoredyn.metrics.unexplained_variance``): the Gaussian, beside two
+   baselines (the mean alone, and the mean with an isotropic variance), Gaussian mixtures, the
+   empirical (training-set) score, and naive theory's first-order expansion in 1/sigma^2; and
+   whether the Gaussian part is learned early, from at least 8 log-spaced checkpoints, by the
+   authors' own signature (an early minimum of the Gaussian's unexplained variance, then a rise
+   while richer models pull ahead).
+2. Analytical teleportation (``scoredyn.sample.with_teleport``) in the paper's regime (data in
+   [-1, 1] as EDM's, sigma_max = 80, EDM preconditioning): drop the skipped steps (NFE falls), or keep
+   the number of steps fixed on [sigma_min, sigma_skip] (the authors' solver benchmark), with Heun,
+   DPM-Solver++(2M) and UniPC.
+
+The network is a conv net (``scoredyn.nets.UNet``) checked by the quality gate.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import math
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from .. import data as sd_data
 from .. import metrics, sample
 from ..analytic import Empirical, Gaussian, GaussianMixture
 from ..plot import figure
-from .common import image_grid, load_checkpoint, net_spec, quality, start_noise, train_checkpoints
+from . import thresholds as T
+from .claims import ClaimSpec, Criterion, Registry, Source, above, all_of, at_least, at_most, below, ref
+from .common import (
+    GateNumbers, Trained, dsm_loss, gate_numbers, image_grid, load_checkpoint, loss_draws, net_spec, network_gate, quality,
+    start_noise, train_checkpoints,
+)
 from .config import TeleportConfig
-from .report import Claim, Figure, Section, StudyReport, Table, figure_png, sig
+from .gate import GateResult
+from .report import Figure, Section, StudyReport, Table, figure_png, sig
 from .stages import Context
 
 TITLE = "Wang & Vastola: the hidden linear (Gaussian) structure of learned scores, and analytical teleportation"
 PAPERS = ("B. Wang, J. J. Vastola, The Hidden Linear Structure in Score-Based Models and its Application, "
-          "arXiv:2311.10892")
-SKIP_BAND = (0.15, 0.30)  # the paper's "first 15-30% of steps"
-NO_LOSS = 1.05  # "no loss": quality within 5% of the unskipped run (same seeds)
-VERSION = 1  # bump when a stage's output changes in a way its configuration does not show
+          "arXiv:2311.10892; The Unreasonable Effectiveness of Gaussian Score Approximation for Diffusion Models "
+          "and its Applications, TMLR 2024, arXiv:2412.09726")
+VERSION = 2  # bump when a stage's output changes in a way its configuration does not show
+WV = "Wang & Vastola"
+LOSS_DRAWS = 1024
+
+# ------------------------------------------------------------------------------ the claims, declared once
+
+REGISTRY = Registry("teleport")
+_c = REGISTRY.add
+_RANGE_DEF = (f"X_from_sigma = the smallest tested sigma from which on (at every larger tested sigma) model X leaves "
+              f"<= {T.UV_EXPLAINS:g} of the network's score variance unexplained (2 x the largest tested sigma when "
+              "none does)")
+_c(ClaimSpec(
+    "teleport.1a", "The Gaussian (linear) score explains the trained network's score at moderate to high noise, "
+    "beyond what the data mean and an isotropic variance explain", Source(WV, "abstract", "closed-form Gaussian score -(Sigma + sigma^2 I)^-1 (x - mu)"),
+    "paper", ("gaussian_from_sigma", "isotropic_from_sigma", "mean_only_from_sigma", "two_sigma_data"),
+    Criterion(all_of(at_most("gaussian_from_sigma", ref("two_sigma_data")),
+                     at_least("isotropic_from_sigma", ref("gaussian_from_sigma", scale=T.BASELINE_MARGIN))),
+              definitions=_RANGE_DEF + "; isotropic = mean + isotropic variance tr(Sigma)/d"),
+    on_networks=True))
+_c(ClaimSpec(
+    "teleport.1b", "At low noise a Gaussian mixture explains the network better than the single Gaussian",
+    Source(WV, "abstract", "coarse-grained GMM"), "paper", ("gmm_over_gaussian_max", "uv_best_gmm_max"),
+    Criterion(below("gmm_over_gaussian_max", 1.0), inconclusive_if=at_least("uv_best_gmm_max", 0.9),
+              why="no model explains the network's score at these sigmas",
+              definitions="over the 2 smallest sigmas: max of UV(best mixture) / UV(Gaussian), and the best mixture's "
+                          "largest UV"),
+    on_networks=True))
+_c(ClaimSpec(
+    "teleport.1c", "At low noise the network is closer to a coarse-grained (mixture) score than to the training set's "
+    "own (empirical) score, consistent with generalization", Source(WV, "abstract", "delta-mixture score"), "paper",
+    ("uv_best_gmm", "uv_empirical"),
+    Criterion(below("uv_best_gmm", ref("uv_empirical")), inconclusive_if=at_least("uv_best_gmm", 0.9),
+              why="no model explains the network's score at this sigma", definitions="at the smallest sigma"),
+    on_networks=True))
+_c(ClaimSpec(
+    "teleport.1d", "The Gaussian structure is learned early in training: the Gaussian's unexplained variance reaches an "
+    "early minimum, then rises while richer models pull ahead", Source(WV, "abstract", "the authors' per-epoch tables (Tables/*_gmm_exp_var*.csv in their code)"),
+    "paper", ("n_checkpoints", "uv_first", "uv_min", "step_of_min", "uv_last", "richer_over_gaussian_last"),
+    Criterion(all_of(at_least("n_checkpoints", T.MIN_CHECKPOINTS), at_most("uv_min", ref("uv_first", scale=T.EARLY_DIP)),
+                     at_least("uv_last", ref("uv_min", scale=T.EARLY_RISE)), below("richer_over_gaussian_last", 1.0)),
+              definitions="UV = the Gaussian's unexplained variance averaged over 0.1 <= sigma <= 2 sigma_data, at "
+                          "log-spaced checkpoints; richer_over_gaussian_last = UV(best mixture or empirical) / UV(Gaussian) "
+                          "at the last checkpoint"),
+    on_networks=True))
+_c(ClaimSpec(
+    "teleport.1e", "The Gaussian approximation works over a wider noise range than naive theory predicts (naive "
+    "theory: the first-order expansion in 1/sigma^2, valid for sigma much larger than the data radius)",
+    Source(WV, "abstract", "first-order expansion (Gaussian_1stexpens_score in their code)"), "paper",
+    ("gaussian_from_sigma", "naive_from_sigma", "data_radius"),
+    Criterion(at_most("gaussian_from_sigma", ref("naive_from_sigma", scale=1.0 / T.NAIVE_RANGE)),
+              not_supported=at_least("gaussian_from_sigma", ref("naive_from_sigma")),
+              definitions=_RANGE_DEF + "; naive = mu + Sigma (x - mu) / sigma^2 (the score to first order in "
+                                       "1/sigma^2); data_radius = sqrt(tr Sigma)"),
+    on_networks=True))
+_c(ClaimSpec(
+    "teleport.2a", "Analytical teleportation skips the first 15-30% of the sampling steps (dropping them, so NFE "
+    "falls) at no loss of quality, with any solver", Source(WV, "abstract", "FID 1.93 on CIFAR-10 with 15-30% of the steps skipped"),
+    "paper", ("worst_ratio", "solvers", "nfe_unskipped"),
+    Criterion(at_most("worst_ratio", T.NO_LOSS), not_supported=above("worst_ratio", T.CLEAR_LOSS),
+              definitions=f"worst_ratio = max over solvers and tested fractions in [{T.SKIP_BAND[0]:g}, "
+                          f"{T.SKIP_BAND[1]:g}] of FID(skipped) / FID(unskipped, same seeds), at the largest NFE"),
+    on_networks=True))
+_c(ClaimSpec(
+    "teleport.2b", "With the number of steps fixed on [sigma_min, sigma_skip] (the authors' solver benchmark), "
+    "teleporting to sigma_skip loses no quality at equal NFE for DPM-Solver++ and UniPC",
+    Source(WV, "abstract (works with DPM-Solver-v3, UniPC)", "the authors' solver benchmark (DPS_benchmark in their edm fork)"), "paper", ("worst_ratio", "best_ratio", "steps"),
+    Criterion(at_most("worst_ratio", T.NO_LOSS), not_supported=above("worst_ratio", T.CLEAR_LOSS),
+              definitions="worst_ratio / best_ratio = max / min over DPM-Solver++(2M) and UniPC and skip fractions in "
+                          f"[{T.SKIP_BAND[0]:g}, {T.SKIP_BAND[1]:g}] of FID(teleported, same steps) / FID(no teleport)"),
+    on_networks=True))
+_c(ClaimSpec(
+    "teleport.2c", "Sanity check for the skip sweep: without skipping, more steps do not make the samples worse (a "
+    "rising FID with NFE flags a network that is unreliable at low noise)", Source(WV, "(our check, not the paper's)"),
+    "extension", ("worst_ratio",),
+    Criterion(at_most("worst_ratio", T.NO_LOSS), not_supported=above("worst_ratio", T.CLEAR_LOSS),
+              definitions="worst_ratio = max over solvers of FID(largest NFE) / FID(smallest NFE), unskipped"),
+    on_networks=True))
+
+
+# ------------------------------------------------------------------------------------------ data
 
 
 class _Images:
@@ -45,127 +137,191 @@ class _Images:
 
 
 def _base(cfg: TeleportConfig, ctx: Context) -> dict[str, Any]:
-    return {"v": VERSION, "data": cfg.data, "n_train": cfg.n_train, "seed": ctx.seed, "device": ctx.device.type}
+    return {"data": cfg.data, "n_train": cfg.n_train, "seed": ctx.seed, "device": ctx.device.type}
 
 
-def _net(cfg: TeleportConfig, ctx: Context, im: _Images) -> tuple[dict[str, Any], list[int]]:
-    steps = sorted({max(1, cfg.net.steps // 8), cfg.net.steps})
+def _net(cfg: TeleportConfig, ctx: Context, im: _Images) -> Trained:
     spec = net_spec(cfg.net, im.shape, "edm", sigma_data=0.5)
-    conf = {**_base(cfg, ctx), "net": asdict(cfg.net), "steps": steps, "sigma_min": cfg.sigma_min,
-            "sigma_max": cfg.sigma_max}
-    res = train_checkpoints(ctx, "teleport.train_edm", conf, spec, im.train, cfg.net, steps, sigma_dist="lognormal",
-                            sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max)
-    return res, steps
+    return train_checkpoints(ctx, "teleport.train_edm", _base(cfg, ctx), spec, im.train, cfg.net, cfg.checkpoints,
+                             sigma_dist="lognormal", sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max)
+
+
+# ------------------------------------------------------------------ analytical comparison models
+
+
+class _MeanOnly:
+    """``D(x, sigma) = mu``: the score of the data mean alone, ``(mu - x) / sigma^2`` (a baseline)."""
+
+    def __init__(self, data: Tensor) -> None:
+        self.mu = data.mean(0, keepdim=True)
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        return self.mu.expand_as(x)
+
+
+class _Isotropic:
+    """``D = mu + v / (v + sigma^2) (x - mu)``, ``v = tr(Sigma) / d``: mean + isotropic variance (a baseline)."""
+
+    def __init__(self, data: Tensor) -> None:
+        self.mu = data.mean(0, keepdim=True)
+        self.v = float(data.var(0).mean())
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        s2 = sigma.reshape(-1, *([1] * (x.dim() - 1))) ** 2
+        return self.mu + self.v / (self.v + s2) * (x - self.mu)
+
+
+class _FirstOrder:
+    """Naive theory: the score to first order in 1/sigma^2, ``-(I - Sigma / sigma^2)(x - mu) / sigma^2``, i.e.
+    ``D = mu + Sigma (x - mu) / sigma^2`` (Wang & Vastola's ``Gaussian_1stexpens_score``)."""
+
+    def __init__(self, data: Tensor) -> None:
+        flat = data.flatten(1).double()
+        self.mu = flat.mean(0)
+        self.cov = torch.cov(flat.T)
+        self.shape = data.shape[1:]
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        y = x.flatten(1).double() - self.mu
+        s2 = sigma.double().reshape(-1, 1) ** 2
+        return (self.mu + y @ self.cov / s2).to(x.dtype).reshape(x.shape)
+
+
+class _Memo:
+    """A denoiser that remembers its last outputs by input (the network is evaluated once per probe batch and
+    sigma however many models it is compared with)."""
+
+    def __init__(self, net: Any) -> None:
+        self.net, self.memo = net, {}
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        key = (tuple(x.shape), float(sigma.double().sum()), float(x.double().sum()), float(x.double().square().sum()))
+        if key not in self.memo:
+            self.memo[key] = self.net(x, sigma)
+        return self.memo[key]
 
 
 # ------------------------------------------------------------------ 1. unexplained variance
 
 
-def _uv(cfg: TeleportConfig, ctx: Context, im: _Images, res: dict[str, Any], steps: list[int]) -> dict[str, Any]:
-    conf = {**_base(cfg, ctx), "net": asdict(cfg.net), "steps": steps, "sigmas": list(cfg.uv_sigmas), "n": cfg.uv_n,
-            "K": list(cfg.gmm_components)}
+@dataclass
+class UV:
+    """Unexplained variance per model and sigma at the final checkpoint, and the Gaussian's at every checkpoint."""
 
-    def work() -> dict[str, Any]:
-        models: dict[str, Any] = {"Gaussian": Gaussian.fit(im.train)}
+    sigmas: list[float]
+    models: list[str]
+    final: dict[str, list[float]]
+    steps: list[int]
+    gaussian_by_step: list[list[float]]
+    data_radius: float
+
+
+def _uv(cfg: TeleportConfig, ctx: Context, im: _Images, res: Trained) -> UV:
+    conf = {**_base(cfg, ctx), "net": cfg.net, "checkpoints": list(cfg.checkpoints), "sigmas": list(cfg.uv_sigmas),
+            "n": cfg.uv_n, "K": list(cfg.gmm_components), "stream": cfg.streams.uv_probes}
+
+    def work() -> UV:
+        gauss = Gaussian.fit(im.train)
+        models: dict[str, Any] = {"Gaussian": gauss, "mean only": _MeanOnly(im.train),
+                                  "mean + isotropic variance": _Isotropic(im.train),
+                                  "first-order expansion (naive theory)": _FirstOrder(im.train)}
         for k in cfg.gmm_components:
             models[f"GMM K={k}"] = GaussianMixture.fit(im.train, k, seed=ctx.seed)
         models["empirical (training set)"] = Empirical(im.train)
-        out: dict[str, Any] = {"models": list(models), "steps": steps}
-        for step in steps:
-            net = load_checkpoint(res, step, ctx.device, im.shape)
-            for name, m in models.items():
-                uv = metrics.unexplained_variance(net, m, im.train, list(cfg.uv_sigmas), n=cfg.uv_n, seed=ctx.seed)
-                out[f"{step}|{name}"] = [float(v) for v in uv]
-        return out
+        probe_seed = (ctx.seed << 20) + cfg.streams.uv_probes
+        by_step = []
+        final: dict[str, list[float]] = {}
+        for step in res.steps:
+            net = _Memo(load_checkpoint(res, step, ctx.device, im.shape))
+            use = models if step == max(res.steps) else {"Gaussian": gauss}
+            for name, m in use.items():
+                uv = metrics.unexplained_variance(net, m, im.train, list(cfg.uv_sigmas), n=cfg.uv_n, seed=probe_seed)
+                if name == "Gaussian":
+                    by_step.append([float(v) for v in uv])
+                if step == max(res.steps):
+                    final[name] = [float(v) for v in uv]
+        radius = float(im.train.flatten(1).var(0).sum().sqrt())
+        return UV(list(cfg.uv_sigmas), list(models), final, list(res.steps), by_step, radius)
 
-    return ctx.stages.run("teleport.unexplained_variance", conf, work)
+    return ctx.stages.run("teleport.unexplained_variance", conf, work, version=VERSION, result_type=UV)
 
 
-def _uv_section(cfg: TeleportConfig, im: _Images, uv: dict[str, Any]) -> Section:
-    sig_ = list(cfg.uv_sigmas)
-    final, early = max(uv["steps"]), min(uv["steps"])
-    g = uv[f"{final}|Gaussian"]
-    gmms = [m for m in uv["models"] if m.startswith("GMM")]
-    emp = uv[f"{final}|empirical (training set)"]
-    hi = [i for i, s in enumerate(sig_) if s >= 2 * im.sigma_data]
-    worst_hi = max(g[i] for i in hi) if hi else float("nan")
-    # the smallest sigma from which on the Gaussian explains >= 90% of the network's score
-    above = None
-    for i in range(len(sig_) - 1, -1, -1):
-        if g[i] <= 0.1:
-            above = sig_[i]
+def _from_sigma(sigmas: list[float], uv: list[float]) -> float:
+    """The smallest tested sigma from which on ``uv <= UV_EXPLAINS`` (2 x the largest sigma when none)."""
+    above_ = 2 * max(sigmas)
+    for s, v in sorted(zip(sigmas, uv), reverse=True):
+        if v <= T.UV_EXPLAINS:
+            above_ = s
         else:
             break
-    c1 = Claim("teleport.1a", "The Gaussian (linear) score explains the trained network's score at moderate to high "
-               "noise", "Wang & Vastola, abstract and §4",
-               {"max_uv_gaussian_high_noise": worst_hi, "high_noise_from_sigma": 2 * im.sigma_data,
-                "gaussian_ok_from_sigma": above if above is not None else "none"},
-               "unexplained variance of the Gaussian <= 0.1 at every sigma >= 2 sigma_data: supported; > 0.3 at any "
-               "of them: not supported; else inconclusive",
-               "inconclusive" if not hi else "supported" if worst_hi <= 0.1 else
-               "not supported" if worst_hi > 0.3 else "inconclusive")
+    return above_
+
+
+def _uv_section(cfg: TeleportConfig, im: _Images, uv: UV, gate: GateResult) -> Section:
+    sig_ = uv.sigmas
+    f = uv.final
+    gmms = [m for m in uv.models if m.startswith("GMM")]
+    rng = {m: _from_sigma(sig_, f[m]) for m in uv.models}
+    R = REGISTRY
+    c1 = R["teleport.1a"].judge({"gaussian_from_sigma": rng["Gaussian"],
+                                 "isotropic_from_sigma": rng["mean + isotropic variance"],
+                                 "mean_only_from_sigma": rng["mean only"], "two_sigma_data": 2 * im.sigma_data},
+                                networks=[gate])
     lo = [0, 1] if len(sig_) > 2 else [0]
-    best_gmm = [min(uv[f"{final}|{m}"][i] for m in gmms) for i in lo] if gmms else []
-    c2 = Claim("teleport.1b", "At low noise a Gaussian mixture explains the network better than the single Gaussian",
-               "Wang & Vastola, abstract",
-               {**{f"uv_gaussian_sigma{sig_[i]:g}": g[i] for i in lo},
-                **{f"uv_best_gmm_sigma{sig_[i]:g}": b for i, b in zip(lo, best_gmm)}},
-               f"best mixture's unexplained variance below the Gaussian's at the {len(lo)} smallest sigmas",
-               "supported" if best_gmm and all(b < g[i] for i, b in zip(lo, best_gmm)) else "not supported")
-    i0 = 0
-    b0 = min(uv[f"{final}|{m}"][i0] for m in gmms) if gmms else float("nan")
-    c3 = Claim("teleport.1c", "At low noise the network is closer to a coarse-grained (mixture) score than to the "
-               "training set's own (empirical) score, consistent with generalization", "Wang & Vastola, abstract",
-               {f"uv_best_gmm_sigma{sig_[i0]:g}": b0, f"uv_empirical_sigma{sig_[i0]:g}": emp[i0]},
-               "best mixture's unexplained variance below the empirical score's at the smallest sigma",
-               "supported" if b0 < emp[i0] else "not supported")
+    best = [min(f[m][i] for m in gmms) for i in range(len(sig_))]
+    c2 = R["teleport.1b"].judge({"gmm_over_gaussian_max": max(best[i] / f["Gaussian"][i] for i in lo),
+                                 "uv_best_gmm_max": max(best[i] for i in lo)}, networks=[gate],
+                                note="sigmas " + ", ".join(f"{sig_[i]:g}" for i in lo))
+    c3 = R["teleport.1c"].judge({"uv_best_gmm": best[0], "uv_empirical": f["empirical (training set)"][0]},
+                                networks=[gate], note=f"sigma = {sig_[0]:g}")
     mid = [i for i, s in enumerate(sig_) if 0.1 <= s <= 2 * im.sigma_data] or list(range(len(sig_)))
-    others = [m for m in uv["models"] if m != "Gaussian"]
-
-    def gauss_ratio(step: int) -> float:
-        """Mean over intermediate sigmas of UV(Gaussian) / UV(best richer model): 1 = the Gaussian is as good."""
-        return float(np.mean([uv[f"{step}|Gaussian"][i] / min(uv[f"{step}|{m}"][i] for m in others) for i in mid]))
-
-    re_, rf = gauss_ratio(early), gauss_ratio(final)
-    c4 = Claim("teleport.1d", "The Gaussian structure is learned first: early in training the network is explained "
-               "by the Gaussian about as well as by richer models (mixtures, empirical score); the advantage of the "
-               "richer models appears later", "Wang & Vastola, abstract",
-               {"early_step": early, "final_step": final, "gauss_over_best_early": re_, "gauss_over_best_final": rf},
-               "mean over 0.1 <= sigma <= 2 sigma_data of UV(Gaussian) / UV(best richer model) lower at the early "
-               "checkpoint than at the end",
-               "supported" if early < final and re_ < rf else "inconclusive" if early == final else "not supported")
-    ge, gf = float(np.mean([uv[f"{early}|Gaussian"][i] for i in mid])), float(np.mean([g[i] for i in mid]))
-    c5 = Claim("teleport.1e", "In absolute terms, an early checkpoint is closer to the Gaussian score than the final "
-               "network at intermediate noise", "Wang & Vastola, abstract (a stricter reading of 1d)",
-               {"early_step": early, "final_step": final, "mean_uv_gaussian_early": ge, "mean_uv_gaussian_final": gf},
-               "mean Gaussian unexplained variance over 0.1 <= sigma <= 2 sigma_data lower at the early checkpoint",
-               "supported" if early < final and ge < gf else "inconclusive" if early == final else "not supported")
-    rows = [[m, *[uv[f"{final}|{m}"][i] for i in range(len(sig_))]] for m in uv["models"]]
-    if early != final:
-        rows.append([f"Gaussian (early, step {early})", *uv[f"{early}|Gaussian"]])
-    t = Table("teleport_uv", f"Fraction of the network's score variance unexplained, per sigma (final step {final})",
-              ["model"] + [f"sigma={s:g}" for s in sig_], rows,
+    curve = [float(np.mean([row[i] for i in mid])) for row in uv.gaussian_by_step]
+    k_min = int(np.argmin(curve))
+    richer = [m for m in uv.models if m.startswith("GMM") or m.startswith("empirical")]
+    richer_last = float(np.mean([min(f[m][i] for m in richer) for i in mid])) / curve[-1]
+    c4 = R["teleport.1d"].judge({"n_checkpoints": len(uv.steps), "uv_first": curve[0], "uv_min": curve[k_min],
+                                 "step_of_min": uv.steps[k_min], "uv_last": curve[-1],
+                                 "richer_over_gaussian_last": richer_last}, networks=[gate],
+                                note="checkpoints " + ", ".join(map(str, uv.steps)))
+    c5 = R["teleport.1e"].judge({"gaussian_from_sigma": rng["Gaussian"],
+                                 "naive_from_sigma": rng["first-order expansion (naive theory)"],
+                                 "data_radius": uv.data_radius}, networks=[gate])
+    rows = [[m, rng[m], *f[m]] for m in uv.models]
+    t = Table("teleport_uv", f"Fraction of the network's score variance unexplained, per sigma (final step {uv.steps[-1]})",
+              ["model", "explains from sigma"] + [f"sigma={s:g}" for s in sig_], rows,
               f"E|s_net - s_model|^2 / E|s_net|^2 at x0 + sigma z over {cfg.uv_n} training images x0 "
-              f"(scoredyn.metrics.unexplained_variance); data std sigma_data = {sig(im.sigma_data)}.")
-    fig, ax = figure(1, 1, (7.5, 5.0))
-    for m in uv["models"]:
-        ax.plot(sig_, uv[f"{final}|{m}"], marker="o", label=m)
-    if early != final:
-        ax.plot(sig_, uv[f"{early}|Gaussian"], ls="--", color="C0", label=f"Gaussian vs early net (step {early})")
+              f"(scoredyn.metrics.unexplained_variance); data std sigma_data = {sig(im.sigma_data)}; 'explains from "
+              f"sigma': the smallest tested sigma from which on the model leaves <= {T.UV_EXPLAINS:g} unexplained.")
+    t2 = Table("teleport_uv_training", "The Gaussian's unexplained variance along training",
+               ["step", f"mean over {', '.join(f'{sig_[i]:g}' for i in mid)}"] + [f"sigma={s:g}" for s in sig_],
+               [[s, c, *row] for s, c, row in zip(uv.steps, curve, uv.gaussian_by_step)])
+    fig, axes = figure(1, 2, (6.5, 4.6))
+    ax = axes[0]
+    for m in uv.models:
+        ax.plot(sig_, f[m], marker="o", label=m, ls="--" if m in ("mean only", "mean + isotropic variance") else "-")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("noise level sigma")
     ax.set_ylabel("unexplained variance of the network's score")
-    ax.axvline(2 * im.sigma_data, color="k", lw=0.6, ls=":")
+    ax.axhline(T.UV_EXPLAINS, color="k", lw=0.6, ls=":")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    ax.set_title(f"How much of an EDM network's score analytical models explain ({cfg.data})", fontsize=9)
-    f = Figure("teleport_unexplained_variance", "Wang & Vastola: unexplained variance of the trained network's score "
-               "by the Gaussian, Gaussian mixtures and the empirical score, per noise level (dotted: 2 sigma_data).",
-               figure_png(fig))
-    text = (f"EDM-preconditioned MLP ({cfg.net.hidden}x{cfg.net.depth}, {cfg.net.steps} steps) trained on "
-            f"{cfg.n_train} {cfg.data} images; Gaussian and k-means mixtures fitted to the same images.")
-    return Section("1. The Gaussian structure of a learned score", text, [c1, c2, c3, c4, c5], [t], [f])
+    ax.legend(fontsize=7)
+    ax.set_title(f"Analytical models vs the trained network ({cfg.data})", fontsize=9)
+    ax = axes[1]
+    ax.plot(uv.steps, curve, marker="o")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("Gaussian's unexplained variance (mid sigmas)")
+    ax.grid(alpha=0.3, which="both")
+    ax.set_title("learned early? (minimum, then a rise)", fontsize=9)
+    fig_ = Figure("teleport_unexplained_variance", "Wang & Vastola: unexplained variance of the trained network's score "
+                  "by analytical models per noise level (dashed: baselines), and the Gaussian's along training.",
+                  figure_png(fig))
+    text = (f"EDM-preconditioned {cfg.net.arch.upper()} trained on {cfg.n_train} {cfg.data} images (pixels in [-1, 1] "
+            f"as EDM's, sigma_data = 0.5 preconditioning, log-normal training sigma), checkpoints "
+            f"{', '.join(map(str, uv.steps))}; Gaussian and k-means mixtures fitted to the same images.")
+    return Section("1. The Gaussian structure of a learned score", text, [c1, c2, c3, c4, c5], [t, t2], [fig_])
 
 
 # ------------------------------------------------------------------------------- 2. skip sweep
@@ -176,93 +332,136 @@ def _grid_size(name: str, nfe: int) -> int:
     return max(2, (nfe + 1) // 2) if name == "heun" else max(2, nfe)
 
 
-def _skip(cfg: TeleportConfig, ctx: Context, im: _Images, res: dict[str, Any]) -> dict[str, Any]:
-    conf = {**_base(cfg, ctx), "net": asdict(cfg.net), "samplers": list(cfg.samplers), "nfes": list(cfg.nfes),
-            "fractions": list(cfg.skip_fractions), "n": cfg.n_samples, "fid": cfg.fid, "heldout": cfg.n_heldout,
-            "sigma_min": cfg.sigma_min, "sigma_max": cfg.sigma_max}
+@dataclass
+class SkipRow:
+    variant: str  # "drop" (skipped steps are dropped) or "fixed" (same number of steps on [sigma_min, sigma_skip])
+    sampler: str
+    nfe_target: int
+    steps: int
+    fraction: float
+    steps_skipped: int
+    sigma_skip: float
+    nfe: int
+    dist_to_unskipped: float
+    sw: float
+    fid: Optional[float]
+    kid: Optional[float]
 
-    def work() -> dict[str, Any]:
+
+@dataclass
+class Skip:
+    rows: list[SkipRow]
+    gate: GateNumbers
+    shown: list[Tensor]
+    shown_titles: list[str]
+
+
+def _skip(cfg: TeleportConfig, ctx: Context, im: _Images, res: Trained) -> Skip:
+    final = max(res.steps)
+    conf = {**_base(cfg, ctx), "net": cfg.net, "checkpoints": list(cfg.checkpoints), "samplers": list(cfg.samplers),
+            "fixed_samplers": list(cfg.fixed_step_samplers), "nfes": list(cfg.nfes), "fractions": list(cfg.skip_fractions),
+            "n": cfg.n_samples, "fid": cfg.fid, "heldout": cfg.n_heldout, "sigma_min": cfg.sigma_min,
+            "sigma_max": cfg.sigma_max, "stream": cfg.streams.skip_starts}
+
+    def work() -> Skip:
         from tqdm.auto import tqdm
 
-        net = load_checkpoint(res, cfg.net.steps, ctx.device, im.shape)
+        net = load_checkpoint(res, final, ctx.device, im.shape)
         gauss = Gaussian.fit(im.train)
-        x0 = start_noise(ctx, 30, cfg.n_samples, im.shape, cfg.sigma_max)
-        rows = []
-        keep: dict[str, Any] = {}
-        jobs = [(s, n) for s in cfg.samplers for n in cfg.nfes]
-        for name, nfe in tqdm(jobs, desc="skip sweep", disable=not ctx.progress):
+        x0 = start_noise(ctx, cfg.streams.skip_starts, cfg.n_samples, im.shape, cfg.sigma_max)
+        rows: list[SkipRow] = []
+        shown: list[Tensor] = []
+        titles: list[str] = []
+        gate = None
+        # every fraction at the largest NFE; the smaller NFEs unskipped only (claim 2c: quality against NFE)
+        top, fracs = max(cfg.nfes), tuple(cfg.skip_fractions)
+        jobs = [("drop", s, n, fracs if n == top else (0.0,)) for s in cfg.samplers for n in cfg.nfes]
+        jobs += [("fixed", s, top, fracs) for s in cfg.fixed_step_samplers]
+        for variant, name, nfe, fractions in tqdm(jobs, desc="skip sweep", disable=not ctx.progress):
             fn = sample.SAMPLERS[name]
             n_steps = _grid_size(name, nfe)
             grid = sample.sigmas_karras(n_steps, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max)
-            ref = None
-            for frac in cfg.skip_fractions:
+            ref_x = None
+            for frac in fractions:
                 j = int(round(frac * n_steps))
                 counted = sample.CountNFE(net)
+                sigma_skip = float(grid[j])
                 if j == 0:
                     x = fn(counted, x0, grid)
-                    sigma_skip = float(grid[0])
-                else:
-                    sigma_skip = float(grid[j])
+                elif variant == "drop":
                     x = sample.with_teleport(fn, gauss, sigma_skip)(counted, x0, grid)
+                else:  # the authors' benchmark: the same number of steps, on [sigma_min, sigma_skip]
+                    xs = gauss.teleport(x0, cfg.sigma_max, sigma_skip)
+                    x = fn(counted, xs, sample.sigmas_karras(n_steps, sigma_min=cfg.sigma_min, sigma_max=sigma_skip))
                 q = quality(x, im.heldout, seed=ctx.seed, fid_net=im.fid_net)
-                if ref is None:
-                    ref = x
-                dist = float((x - ref).flatten(1).norm(dim=1).mean() / (ref.flatten(1).norm(dim=1).mean()))
-                rows.append({"sampler": name, "nfe_target": nfe, "steps": n_steps, "fraction": frac,
-                             "steps_skipped": j, "sigma_skip": sigma_skip, "nfe": counted.nfe, "dist_to_unskipped": dist,
-                             **q})
-                if name == cfg.samplers[0] and nfe == max(cfg.nfes) and frac in (0.0, max(cfg.skip_fractions)):
-                    keep[f"s_{frac:g}"] = x
-        return {"rows": rows, **keep}
+                if ref_x is None:
+                    ref_x = x
+                dist = float((x - ref_x).flatten(1).norm(dim=1).mean() / ref_x.flatten(1).norm(dim=1).mean())
+                rows.append(SkipRow(variant, name, nfe, n_steps, frac, j, sigma_skip, counted.nfe, dist, q["sw"],
+                                    q.get("fid"), q.get("kid")))
+                if variant == "drop" and name == cfg.samplers[0] and nfe == max(cfg.nfes):
+                    if frac == 0.0:
+                        gate = gate_numbers(x, im.train, im.heldout, seed=ctx.seed, fid_net=im.fid_net)
+                    if frac in (0.0, max(cfg.skip_fractions)):
+                        shown.append(x)
+                        titles.append(f"{name}, NFE target {nfe}, skipped fraction {frac:g}")
+        assert gate is not None
+        x0l, sl, zl = loss_draws(ctx, im.train, LOSS_DRAWS, cfg.sigma_min, cfg.sigma_max, stream=cfg.streams.gate_starts)
+        gate.loss = dsm_loss(net, x0l, sl, zl, "edm")
+        gate.loss_optimum = dsm_loss(Empirical(im.train), x0l, sl, zl, "edm")
+        gate.loss_gaussian = dsm_loss(gauss, x0l, sl, zl, "edm")
+        return Skip(rows, gate, shown, titles)
 
-    return ctx.stages.run("teleport.skip_sweep", conf, work)
+    return ctx.stages.run("teleport.skip_sweep", conf, work, version=VERSION, result_type=Skip)
 
 
-def _skip_section(cfg: TeleportConfig, im: _Images, sk: dict[str, Any]) -> Section:
-    rows = sk["rows"]
-    qk = "fid" if "fid" in rows[0] else "sw"
+def _skip_section(cfg: TeleportConfig, im: _Images, sk: Skip, gate: GateResult) -> Section:
+    rows = sk.rows
+    qk = "fid" if rows[0].fid is not None else "sw"
     qname = "FID" if qk == "fid" else "sliced W2"
-    nmax = max(cfg.nfes)
-    in_band = [f for f in cfg.skip_fractions if SKIP_BAND[0] - 1e-9 <= f <= SKIP_BAND[1] + 1e-9]
-    ratios: dict[str, float] = {}
-    for name in cfg.samplers:
-        base = next(r for r in rows if r["sampler"] == name and r["nfe_target"] == nmax and r["fraction"] == 0.0)
-        for f in in_band:
-            r = next(r for r in rows if r["sampler"] == name and r["nfe_target"] == nmax and r["fraction"] == f)
-            ratios[f"{qk}_ratio[{name},{f:g}]"] = r[qk] / base[qk]
-    worst = max(ratios.values()) if ratios else float("nan")
-    verdict = ("inconclusive" if not ratios else "supported" if worst <= NO_LOSS else
-               "not supported" if worst > 1.2 else "inconclusive")
-    claim = Claim("teleport.2", "Analytical teleportation skips the first 15-30% of sampling steps at no loss of "
-                  "quality, with any solver", "Wang & Vastola, abstract and §5 (FID 1.93 with 15-30% skipped)",
-                  {**ratios, "worst_ratio": worst} if ratios else {"fractions_in_band": 0},
-                  f"at the largest NFE ({nmax}), {qname}(skipped) / {qname}(unskipped, same seeds) <= {NO_LOSS} for every "
-                  f"solver and every tested fraction in [{SKIP_BAND[0]}, {SKIP_BAND[1]}]: supported; any > 1.2: not "
-                  "supported; else inconclusive", verdict)
-    # the largest skip fraction with no loss, per solver and NFE
-    best_rows = []
-    for name in cfg.samplers:
-        for nfe in cfg.nfes:
-            rr = [r for r in rows if r["sampler"] == name and r["nfe_target"] == nfe]
-            base = rr[0][qk]
-            ok = [r["fraction"] for r in rr if r[qk] <= NO_LOSS * base]
-            best_rows.append([name, nfe, rr[0]["nfe"], max(ok), base])
+    q = lambda r: getattr(r, qk)  # noqa: E731
+    nmax, nmin = max(cfg.nfes), min(cfg.nfes)
+    in_band = [f for f in cfg.skip_fractions if T.SKIP_BAND[0] - 1e-9 <= f <= T.SKIP_BAND[1] + 1e-9]
+
+    def pick(variant: str, name: str, nfe: int, frac: float) -> SkipRow:
+        return next(r for r in rows if r.variant == variant and r.sampler == name and r.nfe_target == nfe
+                    and r.fraction == frac)
+
+    drop = [q(pick("drop", s, nmax, f)) / q(pick("drop", s, nmax, 0.0)) for s in cfg.samplers for f in in_band]
+    fixed = [q(pick("fixed", s, nmax, f)) / q(pick("fixed", s, nmax, 0.0)) for s in cfg.fixed_step_samplers for f in in_band]
+    nfe_ratio = [q(pick("drop", s, nmax, 0.0)) / q(pick("drop", s, nmin, 0.0)) for s in cfg.samplers]
+    R = REGISTRY
+    claims = [
+        R["teleport.2a"].judge({"worst_ratio": max(drop) if drop else float("nan"), "solvers": ", ".join(cfg.samplers),
+                                "nfe_unskipped": ", ".join(str(pick("drop", s, nmax, 0.0).nfe) for s in cfg.samplers)},
+                               networks=[gate], note=f"quality: {qname}"),
+        R["teleport.2b"].judge({"worst_ratio": max(fixed) if fixed else float("nan"),
+                                "best_ratio": min(fixed) if fixed else float("nan"),
+                                "steps": _grid_size(cfg.fixed_step_samplers[0], nmax) if fixed else 0},
+                               networks=[gate], note=f"quality: {qname}"),
+        R["teleport.2c"].judge({"worst_ratio": max(nfe_ratio)}, networks=[gate],
+                               note=f"NFE targets {nmin} and {nmax}; quality: {qname}"),
+    ]
     t1 = Table("teleport_skip", "Skip sweep: quality against held-out data vs the fraction of steps skipped",
-               ["solver", "NFE target", "skipped frac.", "steps skipped", "sigma_skip", "NFE", "SW", "FID", "KID",
-                "rel. distance to unskipped"],
-               [[r["sampler"], r["nfe_target"], r["fraction"], r["steps_skipped"], r["sigma_skip"], r["nfe"], r["sw"],
-                 r.get("fid"), r.get("kid"), r["dist_to_unskipped"]] for r in rows],
-               "Karras grid (rho = 7) from sigma_max to sigma_min; the jump goes to grid point j = round(fraction x "
-               "steps) and the solver continues on the same grid. Distance: mean |x_skip - x_0| / mean |x_0| over "
-               "samples from the same seeds.")
-    t2 = Table("teleport_skip_best", f"Largest tested fraction skipped with {qname} within {NO_LOSS}x of the unskipped run",
-               ["solver", "NFE target", "NFE unskipped", "largest no-loss fraction", f"{qname} unskipped"], best_rows)
+               ["variant", "solver", "NFE target", "steps", "skipped frac.", "steps skipped", "sigma_skip", "NFE", "SW",
+                "FID", "KID", "rel. distance to unskipped"],
+               [[r.variant, r.sampler, r.nfe_target, r.steps, r.fraction, r.steps_skipped, r.sigma_skip, r.nfe, r.sw,
+                 r.fid, r.kid, r.dist_to_unskipped] for r in rows],
+               "Karras grid (rho = 7) from sigma_max = 80 to sigma_min. drop: the jump goes to grid point j = round("
+               "fraction x steps) and the solver continues on the same grid (NFE falls). fixed: the jump goes to the "
+               "same sigma_skip and the solver takes the same number of steps on a Karras grid from sigma_skip to "
+               "sigma_min (NFE unchanged). Distance: mean |x_skip - x_0| / mean |x_0| over samples from the same seeds.")
     fig, axes = figure(1, len(cfg.samplers) + 1, (4.2, 3.9))
     for ax, name in zip(axes, cfg.samplers):
-        for nfe in cfg.nfes:
-            rr = [r for r in rows if r["sampler"] == name and r["nfe_target"] == nfe]
-            ax.plot([r["fraction"] for r in rr], [r[qk] for r in rr], marker="o", label=f"NFE {rr[0]['nfe']}")
-        ax.axvspan(*SKIP_BAND, color="0.9")
+        rr = [r for r in rows if r.variant == "drop" and r.sampler == name and r.nfe_target == nmax]
+        ax.plot([r.fraction for r in rr], [q(r) for r in rr], marker="o", label=f"drop steps (NFE {rr[0].nfe} unskipped)")
+        for nfe in sorted(cfg.nfes)[:-1]:
+            r0 = pick("drop", name, nfe, 0.0)
+            ax.axhline(q(r0), color="0.5", lw=0.7, ls=":", label=f"unskipped, NFE {r0.nfe}")
+        rr = [r for r in rows if r.variant == "fixed" and r.sampler == name]
+        if rr:
+            ax.plot([r.fraction for r in rr], [q(r) for r in rr], marker="s", ls="--", label=f"fixed steps ({rr[0].steps})")
+        ax.axvspan(*T.SKIP_BAND, color="0.9")
         ax.set_xlabel("fraction of steps skipped (teleported)")
         ax.set_ylabel(f"{qname} to held-out")
         ax.set_title(name, fontsize=9)
@@ -270,37 +469,37 @@ def _skip_section(cfg: TeleportConfig, im: _Images, sk: dict[str, Any]) -> Secti
         ax.legend(fontsize=7)
     ax = axes[-1]
     for name in cfg.samplers:
-        rr = [r for r in rows if r["sampler"] == name and r["nfe_target"] == nmax]
-        ax.plot([r["fraction"] for r in rr], [r["dist_to_unskipped"] for r in rr], marker="o", label=name)
-    ax.axvspan(*SKIP_BAND, color="0.9")
+        rr = [r for r in rows if r.variant == "drop" and r.sampler == name and r.nfe_target == nmax]
+        ax.plot([r.fraction for r in rr], [r.dist_to_unskipped for r in rr], marker="o", label=name)
+    ax.axvspan(*T.SKIP_BAND, color="0.9")
     ax.set_xlabel("fraction of steps skipped")
     ax.set_ylabel("rel. distance to the unskipped samples")
     ax.set_title(f"same seeds, NFE target {nmax}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    f1 = Figure("teleport_skip_sweep", "Wang & Vastola: sample quality against the fraction of steps replaced by the "
-                "closed-form Gaussian jump (grey band: the paper's 15-30%).", figure_png(fig))
-    figs = [f1]
-    kept = sorted(k for k in sk if k.startswith("s_"))
-    if len(kept) == 2 and len(im.shape) == 3:
+    figs = [Figure("teleport_skip_sweep", "Wang & Vastola: sample quality against the fraction of steps replaced by the "
+                   "closed-form Gaussian jump (grey band: the paper's 15-30%), dropping the steps or keeping their number.",
+                   figure_png(fig))]
+    if len(sk.shown) == 2 and len(im.shape) == 3:
         fig, axes = figure(1, 2, (4.0, 4.2))
-        for ax, k in zip(axes, kept):
-            image_grid(ax, sk[k], 8, f"{cfg.samplers[0]}, NFE target {nmax}, skipped fraction {k[2:]}")
+        for ax, x, title in zip(axes, sk.shown, sk.shown_titles):
+            image_grid(ax, x, 8, title)
         figs.append(Figure("teleport_samples", "Samples from the same seeds without and with the largest tested skip.",
                            figure_png(fig)))
-    return Section("2. Analytical teleportation: skipping the first steps", "", [claim], [t1, t2], figs)
+    return Section("2. Analytical teleportation: skipping the first steps", "", claims, [t1], figs)
 
 
 def run(cfg: TeleportConfig, ctx: Context) -> StudyReport:
     """Run the teleport study and return its report."""
     im = _Images(cfg, ctx)
-    res, steps = _net(cfg, ctx, im)
-    uv = _uv(cfg, ctx, im, res, steps)
+    res = _net(cfg, ctx, im)
     sk = _skip(cfg, ctx, im, res)
+    g = sk.gate
+    gate = network_gate(ctx, f"teleport.{cfg.net.arch}_edm_{cfg.data}@{max(res.steps)}", g, im.fid_net)
+    uv = _uv(cfg, ctx, im, res)
     summary = ("Wang & Vastola find that a trained network's score is close to the score of a Gaussian fitted to the "
                "data at moderate to high noise, so the first part of sampling can be replaced by the Gaussian model's "
                "closed-form probability-flow solution.")
-    notes = []
-    if im.fid_net:
-        notes.append(metrics.FEATURE_NOTE)
-    return StudyReport("teleport", TITLE, PAPERS, summary, [_uv_section(cfg, im, uv), _skip_section(cfg, im, sk)], notes)
+    notes = [metrics.FEATURE_NOTE] if im.fid_net else []
+    return StudyReport("teleport", TITLE, PAPERS, summary, [_uv_section(cfg, im, uv, gate), _skip_section(cfg, im, sk, gate)],
+                       notes)

@@ -30,6 +30,7 @@ from .ema import EMA
 from .config import TrainConfig
 from .loss import default_weighting, denoising_loss
 from .sigma_dist import SigmaDist
+from .tempered import Tempering
 
 
 
@@ -117,6 +118,7 @@ def fit(
     data_root: Optional[str] = None,
     data_n: Optional[int] = None,
     on_checkpoint: Optional[Callable[[int, Path], None]] = None,
+    tempering: Optional[Tempering] = None,
 ) -> Preconditioned:
     """Denoising score matching (``scoredyn.train.loss``) with AdamW as ``config`` says; returns the EMA denoiser.
 
@@ -128,7 +130,9 @@ def fit(
     ``resume=False`` on a non-empty ``out`` needs ``overwrite`` (the old run is moved aside, see
     ``scoredyn.train.checkpoint.prepare_run``). ``out`` is locked against a second writer. A loss
     growing 1000x over its running median stops training (``scoredyn.train.divergence``).
-    ``on_checkpoint(step, path)`` is called after each checkpoint. Under ``torchrun`` the global
+    ``on_checkpoint(step, path)`` is called after each checkpoint. ``tempering``: Zhou et al.'s
+    temperature-smoothed target below ``sigma_c`` (:mod:`scoredyn.train.tempered`; a resumed run must
+    use the same). Under ``torchrun`` the global
     batch is split over the ranks (see ``scoredyn.train.distributed``). The global torch RNG is
     seeded with ``seed + rank`` (it drives dropout only) and saved in checkpoints.
     """
@@ -149,7 +153,7 @@ def fit(
         lock = ckpt_io.lock_run(out) if out is not None and info.is_main else None
         return _fit(model, data, config, info, out=None if out is None else Path(out), resume=resume,
                     overwrite=overwrite, progress=progress, data_root=data_root, data_n=data_n,
-                    on_checkpoint=on_checkpoint)
+                    on_checkpoint=on_checkpoint, tempering=tempering)
     finally:
         if lock is not None:
             lock.release()
@@ -160,7 +164,7 @@ class _Run:
     """The state of one training run: model, optimizer, EMA, data, noise stream and where it is saved."""
 
     def __init__(self, model: Preconditioned, data: Tensor, data_desc: dict[str, Any], config: TrainConfig,
-                 info: ddp.DistInfo, out: Optional[Path]) -> None:
+                 info: ddp.DistInfo, out: Optional[Path], tempering: Optional[Tempering] = None) -> None:
         # ------------------------------------------------------------------ setup
         c = config
         self.config, self.info, self.out = c, info, out
@@ -192,7 +196,10 @@ class _Run:
                       "betas": list(c.betas), "ema_decay": c.ema_decay, "ema_warmup": c.ema_warmup, "seed": c.seed,
                       "data": data_desc, "steps": c.steps, "world_size": info.world},
             "train_config": c.as_dict(),
+            "tempering": None if tempering is None else tempering.as_dict(),
         }
+        self.tempering = tempering
+        self.table = None if tempering is None else tempering.neighbours(self.data)  # K neighbours, found once
         self.loss_fn = torch.compile(denoising_loss) if c.compile else denoising_loss
         self.autocast = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=c.bf16 and dev.type == "cuda")
         self.local = c.batch_size // info.world
@@ -214,6 +221,8 @@ class _Run:
             raise ValueError(f"cannot resume from {ck}: it was written by scoredyn 0.1 (no train_config); "
                              "use resume=False or another out directory")
         changed = TrainConfig.from_dict(saved["train_config"]).differences(self.config)
+        if saved.get("tempering") != self.saved_config["tempering"]:
+            changed["tempering"] = (saved.get("tempering"), self.saved_config["tempering"])
         if saved["train"].get("data") != self.saved_config["train"]["data"]:
             changed["data"] = (saved["train"].get("data"), self.saved_config["train"]["data"])
         if changed:
@@ -236,9 +245,13 @@ class _Run:
         if self.pin:  # page-locked host copies let the transfers run without blocking the host
             sigma, noise = sigma.pin_memory(), noise.pin_memory()
         x0 = self.data[idx.to(dev)]
+        sigma, noise = sigma.to(dev, self.dtype, non_blocking=self.pin), noise.to(dev, self.dtype, non_blocking=self.pin)
+        target = None
+        if self.tempering is not None:  # Zhou et al.'s tempered target, eq. 10 (scoredyn.train.tempered)
+            x = x0 + sigma.reshape(-1, *[1] * (x0.dim() - 1)) * noise
+            target = self.tempering.denoiser_target(x, sigma, x0, self.data[self.table[idx.to(dev)]])
         with torch.autocast(**self.autocast):  # type: ignore[arg-type]
-            per_sample = self.loss_fn(self.model, x0, sigma.to(dev, self.dtype, non_blocking=self.pin),
-                                      noise.to(dev, self.dtype, non_blocking=self.pin), c.weighting)
+            per_sample = self.loss_fn(self.model, x0, sigma, noise, c.weighting, target)
         loss = per_sample.sum() / c.batch_size
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -268,9 +281,9 @@ class _Run:
 
 def _fit(model: Preconditioned, data: Union[Tensor, str], config: TrainConfig, info: ddp.DistInfo, *,
          out: Optional[Path], resume: bool, overwrite: bool, progress: bool, data_root: Optional[str], data_n: Optional[int],
-         on_checkpoint: Optional[Callable[[int, Path], None]]) -> Preconditioned:
+         on_checkpoint: Optional[Callable[[int, Path], None]], tempering: Optional[Tempering] = None) -> Preconditioned:
     data_t, data_desc = _load_data(data, data_root, data_n, config.seed)
-    run = _Run(model, data_t, data_desc, config, info, out)
+    run = _Run(model, data_t, data_desc, config, info, out, tempering)
     if out is not None and info.is_main:
         ckpt_io.prepare_run(out, resume=resume, overwrite=overwrite)
     ddp.barrier(info)

@@ -15,6 +15,8 @@ denoiser-space weight ``w = lambda / sigma^4``:
 
 from __future__ import annotations
 
+from typing import Optional
+
 from torch import Tensor
 
 from .._checks import bcast
@@ -42,8 +44,12 @@ def loss_weight(weighting: str, sigma: Tensor, sigma_data: float) -> Tensor:
     return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
 
 
-def denoising_loss(model: Preconditioned, x0: Tensor, sigma: Tensor, noise: Tensor, weighting: str) -> Tensor:
-    """Per-sample losses (B,) at ``x = x0 + sigma * noise``; sigma is (B,) in ``x0``'s dtype."""
+def denoising_loss(model: Preconditioned, x0: Tensor, sigma: Tensor, noise: Tensor, weighting: str,
+                   target: Optional[Tensor] = None) -> Tensor:
+    """Per-sample losses (B,) at ``x = x0 + sigma * noise``; sigma is (B,) in ``x0``'s dtype.
+
+    ``target``: the denoiser's regression target in place of ``x0`` (the tempered objective,
+    :mod:`scoredyn.train.tempered`)."""
     d = model.denoise(x0 + bcast(sigma, x0) * noise, sigma).float()
-    err = (d - x0.float()).square().flatten(1).mean(1)
+    err = (d - (x0 if target is None else target).float()).square().flatten(1).mean(1)
     return loss_weight(weighting, sigma.float(), model.sigma_data) * err
