@@ -324,7 +324,14 @@ def test_seeded_noise_is_per_sample(device, name):
     opts = dict(eta=0.8) if name == "ddim" else {}
     batch = SAMPLERS[name](model, x, sigmas, seeds=[7, 8, 9], **opts)
     alone = SAMPLERS[name](model, x[1:2], sigmas, seeds=[8], **opts)
-    assert torch.equal(batch[1:2], alone), f"{name}: sample 1 depends on its batch"
+    if device == "cpu":
+        assert torch.equal(batch[1:2], alone), f"{name}: sample 1 depends on its batch"
+    else:
+        # on CUDA the mixture's batched linear algebra may pick batch-size-dependent kernels (seen on an
+        # H200: equal to 4 printed digits, not bitwise); the noise itself is the same, which a wrong draw
+        # (an O(1) change) would break far above this bound
+        rel = float((batch[1:2] - alone).norm() / alone.norm())
+        assert rel < 1e-10, f"{name}: sample 1 differs from its batch-mate by {rel:.2e} relative"
     other = SAMPLERS[name](model, x, sigmas, seeds=[7, 80, 9], **opts)
     assert not torch.equal(batch[1], other[1]), f"{name}: the seed has no effect"
 

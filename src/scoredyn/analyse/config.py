@@ -56,7 +56,11 @@ def preset(mode: str = "default") -> AnalyseConfig:
     if mode == "quick":
         return AnalyseConfig(mode="quick", n_samples=500, n_reference=500, uv_n=128, uv_sigmas=8,
                              gmm_components=(2, 10, 50), skip_fractions=(0.0, 0.1, 0.2, 0.3, 0.4),
-                             likelihood_n=64, likelihood_rtol=1e-3)
+                             likelihood_n=64, likelihood_rtol=1e-3,
+                             # Hutchinson on 8x8 digits: an exact 64-d trace is 64 backward passes of the network
+                             # per evaluation: unfinished after 4 minutes for a small UNet on a 2-core CPU, where
+                             # Hutchinson took about 40 s
+                             exact_trace_max_dim=16)
     if mode == "tiny":
         return AnalyseConfig(mode="tiny", n_samples=48, batch_size=32, n_reference=48, n_pairs=4, uv_n=16,
                              uv_sigmas=4, gmm_components=(2, 4), skip_fractions=(0.0, 0.25, 0.5),

@@ -25,11 +25,23 @@ from .base import AnalyticDenoiser
 Temperature = Union[float, Callable[[Tensor], Union[Tensor, float]]]
 
 
-def auto_chunk(n: int, per_row: int = 1, rows: int = 2048, least: int = 16) -> int:
+ROWS_CPU = 2048
+"""Rows per chunk on the CPU: 4096 fell below 0.9 of the matmul rate at B=256 (bench/RESULTS.md)."""
+ROWS_ACCELERATOR = 32768
+"""Rows per chunk on an accelerator: with 2048 an H200 ran the kernel at 0.20 of its two-matmul rate
+(launch bound: about 10 small kernels per chunk); 8192 gave 0.59 and 30000 gave 0.70 (N=60,000, B=256,
+d=784, float32, TF32 off; measured 2026-11-28, bench/RESULTS.md "GPU check")."""
+
+
+def auto_chunk(n: int, per_row: int = 1, rows: Optional[int] = None, least: int = 16,
+               device: Optional[torch.device] = None) -> int:
     """Training points per chunk: ``rows / per_row`` (``per_row`` terms per training point), at least
-    ``least``, at most ``n``. It never depends on the batch, so a query's floating-point summation
-    order, and hence its result, is the same alone or in any batch; extra memory is
-    ``O(B x rows)`` elements."""
+    ``least``, at most ``n``; ``rows`` defaults to :data:`ROWS_CPU` on the CPU and
+    :data:`ROWS_ACCELERATOR` elsewhere. It never depends on the batch, so a query's floating-point
+    summation order, and hence its result, is the same alone or in any batch on one device; extra
+    memory is ``O(B x rows)`` elements."""
+    if rows is None:
+        rows = ROWS_CPU if device is None or torch.device(device).type == "cpu" else ROWS_ACCELERATOR
     return max(1, min(n, max(least, rows // max(per_row, 1))))
 
 
@@ -145,7 +157,7 @@ class Empirical(AnalyticDenoiser):
             return x.clone()
         xf = x.reshape(b, self.dim)
         scale = 1.0 / (sigma * sigma * self.temperatures(sigma))
-        chunk = self.chunk_size or auto_chunk(self.trainset.n_local)
+        chunk = self.chunk_size or auto_chunk(self.trainset.n_local, device=x.device)
         blocks = self.trainset.blocks(chunk)
         if self.top_k is not None and self.top_k < self.n_points:
             logits, idx = stream_topk(xf, scale, blocks, self.top_k)

@@ -376,7 +376,7 @@ class NoiseAgnostic(AnalyticDenoiser):
 
     def _stream(self, x: Tensor, terms: _LogF):
         b = x.shape[0]
-        chunk = self.chunk_size or auto_chunk(self.trainset.n_local, per_row=terms.nodes_per_point)
+        chunk = self.chunk_size or auto_chunk(self.trainset.n_local, per_row=terms.nodes_per_point, device=x.device)
         return self.trainset.reduce(stream_pairs(x.reshape(b, self.dim), self.trainset.blocks(chunk), terms))
 
     def _query(self, x: Tensor) -> Tensor:
