@@ -14,7 +14,6 @@ from typing import Any, Optional
 
 from .._checks import check_positive
 from ..train.config import TrainConfig
-from ..train.config import TrainConfig
 
 MODES = ("tiny", "quick", "full")
 TOYS = ("moons", "swissroll", "checkerboard", "rings", "gmm2d")
@@ -73,10 +72,6 @@ class TeleportStreams:
     uv_probes: int = 31
     gate_starts: int = 32
 
-    def train_config(self, **fields: Any) -> TrainConfig:
-        """The :class:`~scoredyn.train.TrainConfig` of this network's runs (``fields`` fill in or override)."""
-        return TrainConfig(**{"steps": self.steps, "batch_size": self.batch_size, "lr": self.lr, **fields})
-
 
 @dataclass(frozen=True)
 class KimConfig:
@@ -116,7 +111,7 @@ class KimConfig:
     streams: KimStreams = field(default_factory=KimStreams)
     n_image_samples: int = 200
     image_rtol: float = 1e-3  # Dormand-Prince tolerance of the image networks' autonomous-ODE sampler
-    n_image_fixed_point_starts: int = 8  # Newton on a conv net's 64-dim field: each iteration costs 64 JVPs per start
+    n_image_fixed_point_starts: int = 4  # Newton on a conv net's 64-dim field: each iteration costs 64 JVPs per start
     # (4) sampler comparison
     heun_steps: int = 40
     sampler_rtol: float = 1e-4
@@ -130,6 +125,8 @@ class SmoothingConfig:
     n_train: int = 300
     n_heldout: int = 500
     n_samples: int = 300
+    # the trained networks' PC / gate samples (their cost; the empirical score's rows use n_samples)
+    n_net_samples: int = 100
     sigma_min: float = 0.01
     heun_steps: int = 30
     fid: bool = True
@@ -139,14 +136,14 @@ class SmoothingConfig:
     sigma_c: float = 10.0  # collapse level; data in [-1, 1]: the paper's T = 5/sigma
     k: int = 10  # neighbours of the tempered target (the paper: 30, 100; 10 on Cat-Caracal)
     variant: str = "paper"  # eq. 10 ("paper") or the released code ("code")
-    n_reference_samples: int = 100  # samples of the exact optima (their cost grows with the training set)
+    n_reference_samples: int = 50  # samples of the exact optima (their cost grows with the training set)
     gamma_ratio: float = 1.05  # gamma_ex's distance ratio C (not stated in the paper)
     gamma_points: int = 8
     domination_sigmas: tuple[float, ...] = (0.05, 0.2, 1.0)
     temperatures: tuple[float, ...] = (1.0, 1e2, 1e4)  # extension: sampling-time tempering of the empirical score
     # a conv net: MLPs do not sample digits well enough for the quality gate (EDM MLP with PC: FID 104 vs a floor of 20)
     net: NetConfig = field(default_factory=lambda: NetConfig(arch="unet", base=32, channel_mult=(1, 2), num_blocks=1,
-                                                             batch_size=64, lr=1e-3, steps=800))
+                                                             batch_size=64, lr=1e-3, steps=200))
     streams: SmoothingStreams = field(default_factory=SmoothingStreams)
 
 
@@ -201,8 +198,8 @@ def _tiny() -> StudyConfig:
         sampler_rtol=1e-3,
     )
     smoothing = SmoothingConfig(
-        n_train=60, n_heldout=60, n_samples=40, heun_steps=8, temperatures=(1.0, 1e4), fid=False, k=5, n_levels=8,
-        pc_steps=10, n_reference_samples=16, gamma_points=3,
+        n_train=60, n_heldout=60, n_samples=40, n_net_samples=40, heun_steps=8, temperatures=(1.0, 1e4), fid=False, k=5,
+        n_levels=8, pc_steps=10, n_reference_samples=16, gamma_points=3,
         net=NetConfig(hidden=32, depth=2, batch_size=32, lr=2e-3, steps=60),
     )
     teleport = TeleportConfig(
@@ -222,10 +219,12 @@ def _full() -> StudyConfig:
         n_fixed_point_starts=1024, image_data="mnist", image_sizes=(64, 1024, 10000),
         image_checkpoints=(2000, 10000, 40000),
         image_net=NetConfig(arch="unet", base=64, batch_size=128, lr=2e-4), n_image_samples=1000,
+        n_image_fixed_point_starts=8,
         heun_steps=100, sampler_rtol=1e-5,
     )
     smoothing = SmoothingConfig(
-        data="mnist", n_train=2000, n_heldout=5000, n_samples=2000, heun_steps=40, n_levels=200, pc_steps=1000, k=30,
+        data="mnist", n_train=2000, n_heldout=5000, n_samples=2000, n_net_samples=2000, heun_steps=40, n_levels=200,
+        pc_steps=1000, k=30,
         n_reference_samples=500, gamma_points=12, temperatures=(1.0, 1e2, 1e3, 1e4, 1e5),
         net=NetConfig(arch="unet", base=64, batch_size=128, lr=2e-4, steps=40000),
     )

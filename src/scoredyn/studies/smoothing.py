@@ -317,14 +317,15 @@ def _objective(cfg: SmoothingConfig, ctx: Context, im: _Images, models: list[Any
 
 
 def _methods(cfg: SmoothingConfig, ctx: Context, im: _Images, trained: dict[str, Trained]) -> list[NetRuns]:
-    conf = {**_base(cfg, ctx), "net": cfg.net, "tempering": _tempering(cfg).as_dict(), "n_ref": cfg.n_reference_samples}
+    conf = {**_base(cfg, ctx), "net": cfg.net, "tempering": _tempering(cfg).as_dict(), "n_ref": cfg.n_reference_samples,
+            "n_net": cfg.n_net_samples}
     out = []
     for i, key in enumerate(trained):
         def work(i: int = i, key: str = key) -> NetRuns:
             net = load_checkpoint(trained[key], cfg.net.steps, ctx.device, im.shape)
             opt = _optimum(cfg, im, i)
-            x0 = start_noise(ctx, cfg.streams.starts, cfg.n_samples, im.shape, im.sigma_max)
-            sd = seeds(ctx.seed, cfg.streams.sde_noise, cfg.n_samples)
+            x0 = start_noise(ctx, cfg.streams.starts, cfg.n_net_samples, im.shape, im.sigma_max)
+            sd = seeds(ctx.seed, cfg.streams.sde_noise, cfg.n_net_samples)
             opts = _sampler_options(cfg)
             xs = sample.pc(net, x0, im.pc_grid, seeds=sd, progress=ctx.progress, **opts["PC (SDE)"])
             xo = sample.pc(net, x0, im.pc_grid, seeds=sd, progress=ctx.progress, **opts["PC-ODE"])
@@ -505,7 +506,8 @@ def run(cfg: SmoothingConfig, ctx: Context) -> StudyReport:
     rows.append(["training set itself", "-", *emp.train_itself.cols()])
     t2 = Table("smoothing_methods", "The paper's methods at our scale (Table 1's measures)",
                ["model", "sampler", "copy frac.", "NN median", "FID(G, train)", "FID(G, test)", "FID test/train"], rows,
-               f"Networks: {arch.upper()} ({cfg.net.steps} steps, batch {cfg.net.batch_size}). The unconditional "
+               f"Networks: {arch.upper()} ({cfg.net.steps} steps, batch {cfg.net.batch_size}; {cfg.n_net_samples} "
+               f"samples each, the first of the same seeds). The unconditional "
                f"networks train on {cfg.n_levels} geometric levels (uniform, lambda = sigma^2, as the paper); the "
                f"tempered one toward eq. 10's target below sigma_c = {cfg.sigma_c} with K = {cfg.k} pixel-space "
                f"neighbours (variant '{cfg.variant}'); the EDM one on EDM's log-normal sigma. FID on the project's "
