@@ -235,13 +235,18 @@ STOCHASTIC = {
 }
 
 
+
+def _problem(device: str, *, batch: int, seed: int, steps: int):
+    """The shared test problem: the 2-D mixture denoiser, seeded starts at scale 10, a Karras grid on [0.02, 10]."""
+    x = torch.randn(batch, 2, dtype=F64, generator=torch.Generator().manual_seed(seed)).to(device) * 10
+    return mixture(device), x, sigmas_karras(steps, sigma_min=0.02, sigma_max=10.0, device=device)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", sorted(STOCHASTIC))
 @pytest.mark.parametrize("eta", [0.0, 0.6, 1.0])
 def test_stochastic_samplers_match_kdiffusion(device, name, eta):
-    model = mixture(device)
-    x = torch.randn(4, 2, dtype=F64, generator=torch.Generator().manual_seed(1)).to(device) * 10
-    sigmas = sigmas_karras(7, sigma_min=0.02, sigma_max=10.0, device=device)
+    model, x, sigmas = _problem(device, batch=4, seed=1, steps=7)
     ns = keyed_noise(x.shape, device)
     ours = SAMPLERS[name](model, x, sigmas, eta=eta, s_noise=0.9, noise_sampler=ns)
     ref = STOCHASTIC[name](model, x, sigmas, eta=eta, s_noise=0.9, noise_sampler=ns)
@@ -251,9 +256,7 @@ def test_stochastic_samplers_match_kdiffusion(device, name, eta):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_deterministic_samplers_match_kdiffusion(device):
-    model = mixture(device)
-    x = torch.randn(4, 2, dtype=F64, generator=torch.Generator().manual_seed(1)).to(device) * 10
-    sigmas = sigmas_karras(9, sigma_min=0.02, sigma_max=10.0, device=device)
+    model, x, sigmas = _problem(device, batch=4, seed=1, steps=9)
     pairs = [
         (kd.dpm_2(model, x, sigmas), ref_dpm_2(model, x, sigmas), "dpm_2"),
         (kd.lms(model, x, sigmas), ref_lms(model, x, sigmas), "lms"),
@@ -268,9 +271,7 @@ def test_deterministic_samplers_match_kdiffusion(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_ddim_identities(device):
-    model = mixture(device)
-    x = torch.randn(4, 2, dtype=F64, generator=torch.Generator().manual_seed(2)).to(device) * 10
-    sigmas = sigmas_karras(8, sigma_min=0.02, sigma_max=10.0, device=device)
+    model, x, sigmas = _problem(device, batch=4, seed=2, steps=8)
     err = float((kd.ddim(model, x, sigmas) - euler(model, x, sigmas)).abs().max())
     assert err < 1e-12, f"ddim(eta=0) vs euler: {err:.2e}"
     ns = keyed_noise(x.shape, device)
@@ -318,9 +319,7 @@ def test_convergence_order_against_the_gaussian_flow_map(name):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", sorted(STOCHASTIC) + ["ddim"])
 def test_seeded_noise_is_per_sample(device, name):
-    model = mixture(device)
-    x = torch.randn(3, 2, dtype=F64, generator=torch.Generator().manual_seed(5)).to(device) * 10
-    sigmas = sigmas_karras(6, sigma_min=0.02, sigma_max=10.0, device=device)
+    model, x, sigmas = _problem(device, batch=3, seed=5, steps=6)
     opts = dict(eta=0.8) if name == "ddim" else {}
     batch = SAMPLERS[name](model, x, sigmas, seeds=[7, 8, 9], **opts)
     alone = SAMPLERS[name](model, x[1:2], sigmas, seeds=[8], **opts)
