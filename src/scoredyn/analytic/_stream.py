@@ -227,13 +227,21 @@ def stream_logits(x: Tensor, scale: Tensor, blocks: Iterable[Tensor], sparse: Op
 
 def live_entries(g: Tensor, thr: Tensor, most: int) -> Optional[tuple[Tensor, Tensor, Tensor]]:
     """Entries of ``g`` (B, c) with ``g >= thr`` (per row): ``(rows, cols, values)`` in row-major order,
-    or ``None`` when there are more than ``most`` (blocks of :data:`LIVE_BLOCK` columns first)."""
+    or ``None`` when there are more than ``most``. Blocks of :data:`LIVE_BLOCK` columns are searched
+    first; where over half of them are live (a few live entries spread over many blocks, as in the
+    transition regime) one comparison over the whole chunk does it."""
     b, c = g.shape
     n_blk = c // LIVE_BLOCK
     head = n_blk * LIVE_BLOCK
     big = (g[:, :head].reshape(b, n_blk, LIVE_BLOCK).amax(2) >= thr[:, None]).nonzero()
-    if big.shape[0] * LIVE_BLOCK > 2 * most + g.numel() // 2:  # hopeless: most blocks are live
+    if big.shape[0] > most:  # each live block holds a live entry
         return None
+    if big.shape[0] * LIVE_BLOCK > g.numel() // 2:  # most blocks live: one pass over the whole chunk
+        live = g >= thr[:, None]
+        if int(live.sum()) > most:
+            return None
+        rows, cols = live.nonzero().unbind(1)
+        return rows, cols, g[rows, cols]
     rb, cb = big.unbind(1)
     sub = g[:, :head].reshape(b * n_blk, LIVE_BLOCK).index_select(0, rb * n_blk + cb)
     i, j = (sub >= thr.index_select(0, rb)[:, None]).nonzero().unbind(1)
