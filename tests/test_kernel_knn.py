@@ -1,4 +1,4 @@
-"""The block-minimum candidate search of the exact k-NN (metrics/knn.py ``_smallest``), against ``topk``."""
+"""The exact k-NN's candidate stage (metrics/knn.py): the running top-k that skips rows a chunk cannot change."""
 
 from __future__ import annotations
 
@@ -6,37 +6,30 @@ import pytest
 import torch
 
 from scoredyn.metrics import knn
-from scoredyn.metrics.knn import SEARCH_BLOCK, _smallest
+from scoredyn.metrics.knn import _candidates_torch, distance_blocks
 
 
-@pytest.mark.parametrize("layout", ["spread", "one block", "ties"])
-def test_smallest_equals_topk(layout: str) -> None:
+@pytest.mark.parametrize("chunk", [7, 64, 1000])
+def test_candidates_are_the_smallest_matmul_distances(chunk: int) -> None:
+    """Same values as one ``topk`` over the whole (B, N) matrix of the same matmul distances, duplicates included."""
     g = torch.Generator().manual_seed(7)
-    d2 = torch.rand(50, 16 * SEARCH_BLOCK, generator=g)
-    if layout == "one block":  # all six smallest in one block: the other five chosen blocks hold none of them
-        d2[:, 3 * SEARCH_BLOCK : 3 * SEARCH_BLOCK + 6] = -torch.rand(50, 6, generator=g)
-    elif layout == "ties":  # rounded values: many equal entries across blocks
-        d2 = (d2 * 20).round()
-    d, cols = _smallest(d2, 6)
-    ref, _ = torch.topk(d2, 6, dim=1, largest=False)
-    assert torch.equal(d.sort(1).values, ref), f"{layout}: values differ from topk"
-    assert torch.equal(d2.gather(1, cols), d), f"{layout}: columns do not point at the values"
-    assert all(len(set(r.tolist())) == 6 for r in cols), f"{layout}: a column chosen twice"
+    x = torch.rand(1000, 20, generator=g)
+    x[500:520] = x[100:120]  # exact duplicates: ties between chunks
+    q = torch.cat([x[::50] + 1e-3 * torch.randn(20, 20, generator=g), torch.rand(40, 20, generator=g)])
+    cand = _candidates_torch(q, x, 6, chunk)
+    full = torch.cat([d2.clone() for _, d2 in distance_blocks(q, x, chunk, rank_only=True)], 1)
+    got = full.gather(1, cand).sort(1).values
+    want = full.topk(6, dim=1, largest=False).values
+    assert torch.equal(got, want), f"chunk={chunk}: candidate distances differ from topk"
+    assert all(len(set(r.tolist())) == 6 for r in cand), f"chunk={chunk}: an index chosen twice"
 
 
-def test_smallest_falls_back_on_odd_widths() -> None:
-    g = torch.Generator().manual_seed(8)
-    for d2 in (torch.rand(5, 100, generator=g), torch.rand(5, 640, generator=g)[:, :320]):  # tail; non-contiguous
-        d, cols = _smallest(d2, 6)
-        assert torch.equal(d.sort(1).values, torch.topk(d2, 6, dim=1, largest=False).values)
-
-
-def test_knn_with_block_search_matches_float64() -> None:
-    """Chunks of 512 columns go through the block search; near copies and ties by index against float64."""
+def test_knn_matches_float64_with_many_chunks() -> None:
+    """Near copies and far queries over 47 chunks against float64 distances from direct differences."""
     g = torch.Generator().manual_seed(9)
     data = torch.rand(3000, 40, generator=g)
-    q = torch.cat([data[::300] + 1e-4 * torch.randn(10, 40, generator=g), torch.rand(30, 40, generator=g)])
-    dist, idx = knn(q, data, k=3, chunk_size=512)
+    q = torch.cat([data[::300] + 1e-4 * torch.randn(10, 40, generator=g), torch.rand(30, 40, generator=g), 50 + torch.rand(4, 40, generator=g)])
+    dist, idx = knn(q, data, k=3, chunk_size=64)
     ref = torch.cdist(q.double(), data.double(), compute_mode="donot_use_mm_for_euclid_dist")
     rd, ri = ref.topk(3, dim=1, largest=False)
     assert torch.equal(idx, ri) and torch.allclose(dist, rd, rtol=1e-12, atol=0.0)

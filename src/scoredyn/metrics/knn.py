@@ -91,39 +91,33 @@ def default_chunk(n_queries: int, n_points: int) -> int:
 
 
 def _candidates_torch(q: Tensor, x: Tensor, kc: int, chunk_size: Optional[int]) -> Tensor:
-    """Indices ``(B, kc)`` of the ``kc`` smallest matmul distances, with a running top-k over chunks."""
+    """Indices ``(B, kc)`` of the ``kc`` smallest matmul distances, with a running top-k over chunks.
+
+    Once ``kc`` are held, only the rows whose chunk minimum beats their current ``kc``-th best can
+    change, and ``topk`` runs over those rows alone (a row-minimum pass costs a few percent of
+    ``topk``; issue 16: ``topk`` of every chunk was 11% of the matmul time of ``memorization`` of
+    10,000 x 60,000 MNIST-sized points).
+    """
     best_d = q.new_empty(q.shape[0], 0)
     best_i = torch.empty(q.shape[0], 0, dtype=torch.long, device=q.device)
     for start, d2 in distance_blocks(q, x, chunk_size, rank_only=True):
-        d, i = _smallest(d2, kc)
+        if best_d.shape[1] == kc:
+            rows = (d2.amin(1) < best_d.amax(1)).nonzero()[:, 0]
+            if rows.numel() == 0:
+                continue
+            d, i = torch.topk(d2.index_select(0, rows), min(kc, d2.shape[1]), dim=1, largest=False, sorted=False)
+            d, j = torch.topk(torch.cat([best_d.index_select(0, rows), d], 1), kc, dim=1, largest=False, sorted=False)
+            i = torch.cat([best_i.index_select(0, rows), i + start], 1).gather(1, j)
+            best_d.index_copy_(0, rows, d)
+            best_i.index_copy_(0, rows, i)
+            continue
+        d, i = torch.topk(d2, min(kc, d2.shape[1]), dim=1, largest=False, sorted=False)
         best_d = torch.cat([best_d, d], dim=1)
         best_i = torch.cat([best_i, i + start], dim=1)
         if best_d.shape[1] > kc:
             best_d, j = torch.topk(best_d, kc, dim=1, largest=False, sorted=False)
             best_i = torch.gather(best_i, 1, j)
     return best_i
-
-
-SEARCH_BLOCK = 32
-"""Columns per block of :func:`_smallest`."""
-
-
-def _smallest(d2: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """The ``k`` smallest entries of each row of ``d2`` (B, c) and their columns (unsorted), as ``topk``.
-
-    They lie in the ``k`` blocks of :data:`SEARCH_BLOCK` columns with the smallest minima (any other
-    block has ``k`` smaller block minima before it), so ``topk`` runs over those ``k`` blocks alone:
-    a block-minimum pass costs a tenth of ``topk`` over the whole row (issue 16: ``topk`` was 8% of
-    ``memorization`` of 10,000 x 60,000 MNIST-sized points).
-    """
-    b, c = d2.shape
-    n_blk = c // SEARCH_BLOCK
-    if n_blk <= 2 * k or n_blk * SEARCH_BLOCK != c or not d2.is_contiguous():
-        return torch.topk(d2, min(k, c), dim=1, largest=False, sorted=False)
-    _, blk = d2.view(b, n_blk, SEARCH_BLOCK).amin(2).topk(k, dim=1, largest=False, sorted=False)
-    cols = (blk[:, :, None] * SEARCH_BLOCK + torch.arange(SEARCH_BLOCK, device=d2.device)).reshape(b, k * SEARCH_BLOCK)
-    d, j = d2.gather(1, cols).topk(k, dim=1, largest=False, sorted=False)
-    return d, cols.gather(1, j)
 
 
 def _candidates_faiss(q: Tensor, x: Tensor, kc: int) -> Tensor:
