@@ -256,6 +256,21 @@ def live_entries(g: Tensor, thr: Tensor, most: int) -> Optional[tuple[Tensor, Te
     return None if rows.numel() > most else (rows, cols, vals)
 
 
+_CSR_WARNED = False
+
+
+def _csr(crow: Tensor, cols: Tensor, vals: Tensor, shape: tuple[int, int]) -> Tensor:
+    """A sparse CSR matrix without torch's one-time "CSR support is in beta" warning (silenced on the first call only)."""
+    global _CSR_WARNED
+    if _CSR_WARNED:
+        return torch.sparse_csr_tensor(crow, cols, vals, shape, check_invariants=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        out = torch.sparse_csr_tensor(crow, cols, vals, shape, check_invariants=False)
+    _CSR_WARNED = True
+    return out
+
+
 class _LiveProduct:
     """The sparse second product of :func:`stream_logits` (see there), with its :class:`SkipReport` bookkeeping.
 
@@ -288,10 +303,7 @@ class _LiveProduct:
         counts = torch.bincount(rows, minlength=b)
         crow = torch.zeros(b + 1, dtype=torch.long, device=g.device)
         torch.cumsum(counts, 0, out=crow[1:])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta" (once per process)
-            w = torch.sparse_csr_tensor(crow, cols, vals, (b, c), check_invariants=False)
-        acc.addmm_(w, blk)
+        acc.addmm_(_csr(crow, cols, vals, (b, c)), blk)
         if rep is not None:  # each left-out weight is at most its row's largest left-out one
             left = (c - counts).double()
             rep.skipped += int(left.sum())
