@@ -189,8 +189,8 @@ def stream_logits(x: Tensor, scale: Tensor, blocks: Iterable[Tensor], sparse: Op
     blocks (:func:`augment`). The logits and the running shift come out of the first matrix product.
 
     ``sparse`` (default: on the CPU for at least :data:`SPARSE_MIN_BATCH` queries) leaves provably
-    negligible entries out of the second product: a weight below ``exp(skip)`` (:func:`log_skip`, float32 ``eps 2^-20``) times the query's running
-    maximum cannot change a sum of up to 2^20 such terms. Where under :data:`SPARSE_DENSITY` of a
+    negligible entries out of the second product: a weight below ``exp(skip)`` (:func:`log_skip`,
+    float32 ``eps 2^-20``) times the query's running maximum cannot change a sum of up to 2^20 such terms. Where under :data:`SPARSE_DENSITY` of a
     chunk's weights reach that (the memorization regime and its edge, sigma up to about the
     nearest-neighbour spacing / sqrt(d): a few live entries per query) the chunk's second product is a
     CSR x dense product over the live entries alone; a chunk past the first that is denser switches
