@@ -231,3 +231,34 @@ def test_padded_table_all_kernels(device: str) -> None:
     wq = torch.softmax(-r2 / 8.0, 1)
     assert rel_err((p.sums[:, 1] / p.sums[:, 0])[:, None], (wq * r2).sum(1, keepdim=True)) < 1e-12
     assert rel_err(p.wsum / p.sums[:, :1], wq @ data.cpu()) < 1e-12
+
+
+@pytest.mark.parametrize("sigma", [0.02, 0.05])
+def test_forward_mode_autodiff_through_the_default_cpu_path(sigma: float) -> None:
+    """A batch of 80 (the sparse default) under ``torch.func.jvp``, ``vmap`` and forward-mode dual tensors
+    (which CSR tensors do not support: the product is dense there) against central differences.
+    50 tight clusters of 10 points: a query's weights spread over its cluster, the others are left out
+    (measured: 97.7% and 85.1% of the pairs skipped; derivatives up to 10.6 and 2.7, tangents within
+    2.7e-7 and 2.8e-8 of the central differences). Failed before the fall-back (CSR has no forward AD)."""
+    from torch.autograd.forward_ad import dual_level, make_dual, unpack_dual
+
+    g = torch.Generator().manual_seed(10)
+    centres = torch.randn(50, 1, 16, generator=g, dtype=torch.float64)
+    data = (centres + 0.03 * torch.randn(50, 10, 16, generator=g, dtype=torch.float64)).reshape(500, 16)
+    x = centres[torch.arange(80) % 50, 0] + 0.02 * torch.randn(80, 16, generator=g, dtype=torch.float64)
+    v = torch.randn(80, 16, generator=g, dtype=torch.float64)
+    model = Empirical(data, chunk_size=64)
+    with skip_report() as rep:
+        model(x, sigma)
+    assert rep.skipped > 0.8 * rep.pairs, f"the plain call should take the sparse path: {rep}"
+    h = 1e-6
+    fd = (model(x + h * v, sigma) - model(x - h * v, sigma)) / (2 * h)
+    _, tangent = torch.func.jvp(lambda y: model(y, sigma), (x,), (v,))
+    with dual_level():
+        dual = unpack_dual(model(make_dual(x, v), sigma)).tangent
+    batched = torch.func.vmap(lambda w: torch.func.jvp(lambda y: model(y, sigma), (x,), (w,))[1])(torch.stack([v, -v]))
+    scale = float(fd.abs().max())
+    assert scale > 0.1, f"sigma={sigma}: derivative too small to test ({scale:.2e})"
+    for name, t in (("jvp", tangent), ("dual", dual), ("vmap", batched[0]), ("vmap -v", -batched[1])):
+        err = float((t - fd).abs().max())
+        assert err <= 1e-6 * max(scale, 1.0), f"sigma={sigma} {name}: tangent vs central difference {err:.2e}"

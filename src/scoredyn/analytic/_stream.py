@@ -196,13 +196,14 @@ def stream_logits(x: Tensor, scale: Tensor, blocks: Iterable[Tensor], sparse: Op
     CSR x dense product over the live entries alone; a chunk past the first that is denser switches
     the rest of the call to the dense product (no more checks). Skipped mass: :func:`skip_report`.
     The density check reads a count on the host (a device sync per chunk): accelerators default to
-    the dense path.
+    the dense path. Under autodiff (``torch.func.jvp`` / ``jacfwd`` / ``vmap``, forward-mode dual
+    tensors) the product is dense: torch's sparse CSR tensors support none of them.
     """
     b, d = x.shape
     qa = logit_queries(x, scale)
     if sparse is None:
         sparse = x.device.type == "cpu" and b >= SPARSE_MIN_BATCH
-    live = _LiveProduct(b, x.dtype, x.device) if sparse else None
+    live = _LiveProduct(b, x.dtype, x.device) if sparse and untracked(qa) else None
     fl = log_floor(x.dtype)
     shift: Optional[Tensor] = None
     acc = torch.zeros_like(qa)  # [wsum, sum, (unused)]
@@ -223,6 +224,12 @@ def stream_logits(x: Tensor, scale: Tensor, blocks: Iterable[Tensor], sparse: Op
     if live is not None:
         live.finish(acc[:, d])
     return Partial(shift, acc[:, d : d + 1], acc[:, :d])
+
+
+def untracked(t: Tensor) -> bool:
+    """Whether no autodiff of any kind (reverse, forward-mode dual, ``torch.func`` transform) tracks ``t``."""
+    return not (t.requires_grad or torch._C._functorch.is_functorch_wrapped_tensor(t)
+                or torch.autograd.forward_ad.unpack_dual(t).tangent is not None)
 
 
 def live_entries(g: Tensor, thr: Tensor, most: int) -> Optional[tuple[Tensor, Tensor, Tensor]]:
