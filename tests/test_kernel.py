@@ -262,3 +262,14 @@ def test_forward_mode_autodiff_through_the_default_cpu_path(sigma: float) -> Non
     for name, t in (("jvp", tangent), ("dual", dual), ("vmap", batched[0]), ("vmap -v", -batched[1])):
         err = float((t - fd).abs().max())
         assert err <= 1e-6 * max(scale, 1.0), f"sigma={sigma} {name}: tangent vs central difference {err:.2e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_takes_the_dense_product(dtype: torch.dtype) -> None:
+    """torch has no half-precision CSR x dense product on the CPU: ``sparse=True`` gives the dense kernel's result."""
+    g = torch.Generator().manual_seed(11)
+    data = torch.randn(300, 16, generator=g)
+    x = data[:70] + 0.05 * torch.randn(70, 16, generator=g)
+    sparse = denoise(data.to(dtype), x.to(dtype), 0.05, chunk=64, sparse=True)
+    assert torch.equal(sparse, denoise(data.to(dtype), x.to(dtype), 0.05, chunk=64, sparse=False))
+    assert rel_err(sparse, brute(data, x, 0.05)) < 0.02

@@ -197,13 +197,14 @@ def stream_logits(x: Tensor, scale: Tensor, blocks: Iterable[Tensor], sparse: Op
     the rest of the call to the dense product (no more checks). Skipped mass: :func:`skip_report`.
     The density check reads a count on the host (a device sync per chunk): accelerators default to
     the dense path. Under autodiff (``torch.func.jvp`` / ``jacfwd`` / ``vmap``, forward-mode dual
-    tensors) the product is dense: torch's sparse CSR tensors support none of them.
+    tensors) and in half precision the product is dense: torch's CSR x dense product supports
+    none of them.
     """
     b, d = x.shape
     qa = logit_queries(x, scale)
     if sparse is None:
         sparse = x.device.type == "cpu" and b >= SPARSE_MIN_BATCH
-    live = _LiveProduct(b, x.dtype, x.device) if sparse and untracked(qa) else None
+    live = _LiveProduct(b, x.dtype, x.device) if sparse and untracked(qa) and x.dtype in _CSR_DTYPES else None
     fl = log_floor(x.dtype)
     shift: Optional[Tensor] = None
     acc = torch.zeros_like(qa)  # [wsum, sum, (unused)]
@@ -264,6 +265,7 @@ def live_entries(g: Tensor, thr: Tensor, most: int) -> Optional[tuple[Tensor, Te
 
 
 _CSR_WARNED = False
+_CSR_DTYPES = (torch.float32, torch.float64)  # the CPU CSR x dense product has no half-precision kernel
 
 
 def _csr(crow: Tensor, cols: Tensor, vals: Tensor, shape: tuple[int, int]) -> Tensor:
