@@ -118,18 +118,36 @@ def test_skip_report_mass_is_an_upper_bound() -> None:
     assert rel_err(out, brute(data, x, sigma)) < 1e-12
 
 
-@pytest.mark.parametrize("width", [64, 70])
-def test_live_entries_match_a_mask(width: int) -> None:
-    """The block-first search returns exactly ``g >= thr`` in row-major order (70: a tail past the last block)."""
+def spiky_logits(width: int, live_blocks: float) -> torch.Tensor:
+    """(9, width) logits at -100 with one entry at 0 in a fraction ``live_blocks`` of the 32-column blocks."""
     g = torch.Generator().manual_seed(4)
-    logits = torch.randn(9, width, generator=g) * 4
-    thr = logits.amax(1) - torch.linspace(0.0, 12.0, 9)
+    logits = torch.full((9, width), -100.0)
+    n_blk = width // _stream.LIVE_BLOCK
+    for r in range(9):
+        blocks = torch.randperm(n_blk, generator=g)[: round(live_blocks * n_blk)]
+        logits[r, blocks * _stream.LIVE_BLOCK + torch.randint(_stream.LIVE_BLOCK, (len(blocks),), generator=g)] = 0.0
+    return logits
+
+
+@pytest.mark.parametrize("width,live_blocks", [(640, 0.1), (650, 0.1), (640, 0.7)])
+def test_live_entries_match_a_mask(width: int, live_blocks: float) -> None:
+    """The block-first search returns exactly ``g >= thr`` in row-major order (650: a tail past the last
+    block; 0.7: over half of the blocks live, one comparison over the chunk)."""
+    logits = spiky_logits(width, live_blocks)
+    logits[:, -5:] = 0.5  # live entries in the tail (and in the last block)
+    thr = torch.full((9,), -1.0)
     found = _stream.live_entries(logits, thr, most=logits.numel())
     assert found is not None
     rows, cols, vals = found
     r, c = (logits >= thr[:, None]).nonzero().unbind(1)
     assert torch.equal(rows, r) and torch.equal(cols, c) and torch.equal(vals, logits[r, c])
     assert _stream.live_entries(logits, thr, most=r.numel() - 1) is None
+
+
+def test_live_entries_give_up_when_dense() -> None:
+    """Over 9/10 of the blocks live: dense without counting entries (at least 1/36 of them are live)."""
+    assert _stream.live_entries(spiky_logits(640, 0.95), torch.full((9,), -1.0), most=640 * 9) is None
+    assert _stream.live_entries(spiky_logits(640, 0.85), torch.full((9,), -1.0), most=640 * 9) is not None
 
 
 def edge_problem(kind: str, sigma_nn: float) -> tuple[torch.Tensor, torch.Tensor, float]:

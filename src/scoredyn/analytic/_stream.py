@@ -242,8 +242,8 @@ def live_entries(g: Tensor, thr: Tensor, most: int) -> Optional[tuple[Tensor, Te
     n_blk = c // LIVE_BLOCK
     head = n_blk * LIVE_BLOCK
     big = (g[:, :head].reshape(b, n_blk, LIVE_BLOCK).amax(2) >= thr[:, None]).nonzero()
-    if big.shape[0] > most:  # each live block holds a live entry
-        return None
+    if big.shape[0] > most or 10 * big.shape[0] > 9 * b * n_blk:  # each live block holds a live entry;
+        return None  # nearly all blocks live: at least 1/36 of the entries, too dense to gain much (dense regime)
     if big.shape[0] * LIVE_BLOCK > g.numel() // 2:  # most blocks live: one pass over the whole chunk
         live = g >= thr[:, None]
         if int(torch.count_nonzero(live)) > most:  # not live.sum(): that copies the mask to int64 (1.7 ms)
