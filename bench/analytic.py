@@ -128,7 +128,7 @@ def sweep_data(name: str, args: argparse.Namespace) -> tuple[torch.Tensor, torch
 
 
 def sweep_one(data: torch.Tensor, x: torch.Tensor, sigma: float, repeats: int, accuracy: bool) -> dict:
-    """Interleaved medians: the two products, the dense kernel and ``Empirical`` at one sigma."""
+    """Interleaved medians (the order rotates each repeat): the two products, the dense kernel and ``Empirical`` at one sigma."""
     from scoredyn.analytic import Empirical
     from scoredyn.analytic._stream import augment, chunks, skip_report, stream_logits
     from scoredyn.analytic.empirical import auto_chunk
@@ -146,8 +146,10 @@ def sweep_one(data: torch.Tensor, x: torch.Tensor, sigma: float, repeats: int, a
     times: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():  # warm-up
         fn()
-    for _ in range(repeats):
-        for k, fn in fns.items():
+    names = list(fns)
+    for i in range(repeats):
+        for k in names[i % 3 :] + names[: i % 3]:  # rotated: no variant always runs right after another
+            fn = fns[k]
             sync(x.device)
             t0 = time.perf_counter()
             fn()
