@@ -137,6 +137,10 @@ class SmoothingConfig:
     k: int = 10  # neighbours of the tempered target (the paper: 30, 100; 10 on Cat-Caracal)
     variant: str = "paper"  # eq. 10 ("paper") or the released code ("code")
     n_reference_samples: int = 50  # samples of the exact optima (their cost grows with the training set)
+    # the sigma-blind networks' parameterisation: "multiplicative" = score f(x) / sigma, the released code's NCSN++
+    # (configs/ve/*_ncsnpp.py: conditional=False, scale_by_sigma=True); "unconditional" = score f(x), eq. 9 literally,
+    # whose exact optimum PC sampling leaves off the data (docs/studies.md, smoothing)
+    blind: str = "multiplicative"
     gamma_ratio: float = 1.05  # gamma_ex's distance ratio C (not stated in the paper)
     gamma_points: int = 8
     domination_sigmas: tuple[float, ...] = (0.05, 0.2, 1.0)
@@ -145,6 +149,13 @@ class SmoothingConfig:
     net: NetConfig = field(default_factory=lambda: NetConfig(arch="unet", base=32, channel_mult=(1, 2), num_blocks=1,
                                                              batch_size=64, lr=1e-3, steps=200))
     streams: SmoothingStreams = field(default_factory=SmoothingStreams)
+
+    def __post_init__(self) -> None:
+        if self.blind not in ("multiplicative", "unconditional"):
+            raise ValueError(f"smoothing.blind must be 'multiplicative' or 'unconditional', got {self.blind!r}")
+        if self.n_reference_samples > self.n_net_samples:
+            raise ValueError(f"smoothing.n_reference_samples ({self.n_reference_samples}) must be <= n_net_samples "
+                             f"({self.n_net_samples}): the exact optima are sampled from the first of the networks' seeds")
 
 
 @dataclass(frozen=True)
