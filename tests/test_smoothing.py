@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -73,3 +76,26 @@ def test_config_rejects_more_reference_samples_than_network_samples():
     assert SmoothingConfig(n_net_samples=30, n_reference_samples=30).n_reference_samples == 30
     with pytest.raises(ValueError, match="blind"):
         SmoothingConfig(blind="edm")
+
+
+SHARED = Path(os.environ.get("SCOREDYN_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+if not (SHARED / "mnist").is_dir():
+    SHARED = Path("/nonexistent") if os.environ.get("SCOREDYN_SHARED_DATA") else Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED / "mnist" / "train-images-idx3-ubyte.gz").is_file(), reason=f"shared MNIST not found at {SHARED}")
+def test_full_preset_code_path_smoke(tmp_path, monkeypatch):
+    """``study smoothing --full`` (MNIST, the paper's 1000 levels, its UNet) runs end to end with every size cut to a
+    smoke test's (not its results: the full run needs a GPU)."""
+    from scoredyn.studies import preset, run_studies
+
+    monkeypatch.setenv("SCOREDYN_SHARED_DATA", str(SHARED))
+    full = preset("full")
+    sm = full.smoothing
+    assert (sm.data, sm.n_levels, sm.pc_steps, sm.snr, sm.k, sm.net.arch) == ("mnist", 1000, 1000, 0.16, 30, "unet")
+    small = replace(sm, n_train=24, n_heldout=24, n_samples=6, n_net_samples=6, n_reference_samples=3, pc_steps=6,
+                    heun_steps=4, gamma_points=2, temperatures=(1.0, 1e4), fid=False, k=4, domination_sigmas=(0.5,), n_loss_draws=32,
+                    net=replace(sm.net, base=8, steps=2, batch_size=8))
+    res = run_studies(["smoothing"], replace(full, smoothing=small), tmp_path, progress=False, log=lambda s: None)
+    claims = [c for sec in res["studies"]["smoothing"]["sections"] for c in sec["claims"]]
+    assert len(claims) >= 9 and (tmp_path / "report.md").is_file()

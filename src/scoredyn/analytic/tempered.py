@@ -254,7 +254,10 @@ class TemperedOptimum(AnalyticDenoiser):
         a = (2.0 - 2 * self.q - d) * lv.log()
         up = lv**self.q
         inv2 = 0.5 / (lv * lv)
-        chunk = self.chunk_size or max(1, min(n, (1 << 22) // max(1, xf.shape[0] * len(lv) * max(1, self.k))))
+        # the largest per-block tensors: e (L, B, c), the neighbours' distances (B, c, K) and, for the code variant,
+        # its per-level weights (L_low, B, c, K)
+        width = len(lv) * self.k if self.variant == "code" else max(len(lv), self.k)
+        chunk = self.chunk_size or max(1, min(n, (1 << 23) // max(1, xf.shape[0] * width)))
         blocks = [slice(s0, min(n, s0 + chunk)) for s0 in range(0, n, chunk)]
         shift = torch.stack([(a[:, None, None] - r2[None, :, sl] * inv2[:, None, None]).amax(dim=(0, 2)) for sl in blocks]).amax(0)
         coef = torch.zeros_like(r2)

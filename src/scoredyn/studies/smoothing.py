@@ -48,7 +48,7 @@ from .stages import Context
 TITLE = "Zhou et al. (2026): smoothing the score for generalization"
 PAPERS = ("X. Zhou, J. Zhang, S. J. Wright, Smoothing the Score Function for Generalization in Diffusion Models: "
           "An Optimization-based Explanation Framework, arXiv:2601.19285 (2026), CVPR 2026")
-VERSION = 3  # bump when a stage's output changes in a way its configuration does not show
+VERSION = 4  # bump when a stage's output changes in a way its configuration does not show
 ZHOU = "Zhou et al. 2026"
 MODELS = ("conditional (EDM)", "unconditional", "tempered unconditional")
 SAMPLERS = ("PC (SDE)", "PC-ODE")
@@ -291,9 +291,9 @@ class NetRuns:
 
 
 def _objective(cfg: SmoothingConfig, ctx: Context, im: _Images, models: list[Any], i: int) -> list[float]:
-    """Network ``i``'s training objective (tempered for the tempered one) for each of ``models`` at 4096 fixed
-    draws of its training law (``scoredyn.train.loss`` in denoiser form)."""
-    n = 4096
+    """Network ``i``'s training objective (tempered for the tempered one) for each of ``models`` at
+    ``cfg.n_loss_draws`` fixed draws of its training law (``scoredyn.train.loss`` in denoiser form)."""
+    n = cfg.n_loss_draws
     g = torch.Generator().manual_seed(ctx.seed + 1000 + i)
     idx = torch.randint(im.train.shape[0], (n,), generator=g)
     if i == 0:
@@ -319,7 +319,7 @@ def _objective(cfg: SmoothingConfig, ctx: Context, im: _Images, models: list[Any
 
 def _methods(cfg: SmoothingConfig, ctx: Context, im: _Images, trained: dict[str, Trained]) -> list[NetRuns]:
     conf = {**_base(cfg, ctx), "net": cfg.net, "tempering": _tempering(cfg).as_dict(), "n_ref": cfg.n_reference_samples,
-            "n_net": cfg.n_net_samples}
+            "n_net": cfg.n_net_samples, "blind": cfg.blind, "n_loss_draws": cfg.n_loss_draws}
     out = []
     for i, key in enumerate(trained):
         def work(i: int = i, key: str = key) -> NetRuns:
@@ -397,7 +397,8 @@ class Expansion:
 
 
 def _expansion(cfg: SmoothingConfig, ctx: Context, im: _Images, trained: dict[str, Trained]) -> Expansion:
-    conf = {**_base(cfg, ctx), "net": cfg.net, "tempering": _tempering(cfg).as_dict(), "ratio": cfg.gamma_ratio,
+    conf = {**_base(cfg, ctx), "net": cfg.net, "tempering": _tempering(cfg).as_dict(), "blind": cfg.blind,
+            "ratio": cfg.gamma_ratio,
             "n_sigma": cfg.gamma_points}
 
     def work() -> Expansion:
@@ -554,7 +555,7 @@ def run(cfg: SmoothingConfig, ctx: Context) -> StudyReport:
                ["network", "loss (network)", "loss (exact optimum)", "excess / optimum", "gate (PC (SDE) samples)"],
                [[f"{n} network", r.loss_net, r.loss_optimum, (r.loss_net - r.loss_optimum) / r.loss_optimum,
                  g.reason] for n, r, g in zip(MODELS, runs, gates)],
-               f"4096 fixed draws of each network's training law; the optima are Empirical (EDM), "
+               f"{cfg.n_loss_draws} fixed draws of each network's training law; the optima are Empirical (EDM), "
                f"NoiseAgnostic({cfg.blind}) and TemperedOptimum(conditioning={cfg.blind!r}) on the same levels. "
                "Every network is gated on its PC (SDE) samples, the claims' sampler.")
     tb = Table("smoothing_blind_optima", "The exact optima of the two sigma-blind objectives (no tempering) under the "
