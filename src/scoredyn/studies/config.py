@@ -142,6 +142,7 @@ class SmoothingConfig:
     # whose exact optimum PC sampling leaves off the data (docs/studies.md, smoothing)
     blind: str = "multiplicative"
     n_loss_draws: int = 4096  # fixed draws of each network's training law for its objective beside its optimum's
+    loss_checkpoints: tuple[int, ...] = (200, 400)  # earlier steps at which the objective is measured (loss curve)
     gamma_ratio: float = 1.05  # gamma_ex's distance ratio C (not stated in the paper)
     gamma_points: int = 8
     domination_sigmas: tuple[float, ...] = (0.05, 0.2, 1.0)
@@ -211,7 +212,7 @@ def _tiny() -> StudyConfig:
     )
     smoothing = SmoothingConfig(
         n_train=60, n_heldout=60, n_samples=40, n_net_samples=40, heun_steps=8, temperatures=(1.0, 1e4), fid=False, k=5,
-        n_levels=8, pc_steps=10, n_reference_samples=16, gamma_points=3,
+        n_levels=8, pc_steps=10, n_reference_samples=16, gamma_points=3, loss_checkpoints=(30,),
         net=NetConfig(hidden=32, depth=2, batch_size=32, lr=2e-3, steps=60),
     )
     teleport = TeleportConfig(
@@ -239,7 +240,7 @@ def _full() -> StudyConfig:
     # 0.999 as the released configs
     smoothing = SmoothingConfig(
         data="mnist", n_train=2000, n_heldout=5000, n_samples=2000, n_net_samples=2000, heun_steps=40, n_levels=1000,
-        pc_steps=1000, snr=0.16, k=30,
+        pc_steps=1000, snr=0.16, k=30, loss_checkpoints=(5000, 10000, 20000),
         n_reference_samples=500, gamma_points=12, temperatures=(1.0, 1e2, 1e3, 1e4, 1e5),
         net=NetConfig(arch="unet", base=64, channel_mult=(1, 2, 2), num_blocks=2, batch_size=128, lr=2e-4, steps=40000,
                       ema_decay=0.999),

@@ -260,9 +260,14 @@ def _train_all(cfg: SmoothingConfig, ctx: Context, im: _Images) -> dict[str, Tra
         dist = "lognormal" if cond == "edm" else "geometric"
         out[name] = train_checkpoints(
             ctx, f"smoothing.train_{name}", _base(cfg, ctx), net_spec(cfg.net, im.shape, cond), im.train, cfg.net,
-            [cfg.net.steps], sigma_dist=dist, sigma_min=cfg.sigma_min, sigma_max=im.sigma_max,
+            _checkpoints(cfg), sigma_dist=dist, sigma_min=cfg.sigma_min, sigma_max=im.sigma_max,
             levels=cfg.n_levels if dist == "geometric" else None, tempering=temp)
     return out
+
+
+def _checkpoints(cfg: SmoothingConfig) -> list[int]:
+    """The training steps at which each network's objective is measured (the loss curve); the last is the network."""
+    return sorted({s for s in cfg.loss_checkpoints if s < cfg.net.steps} | {cfg.net.steps})
 
 
 def _optimum(cfg: SmoothingConfig, im: _Images, i: int) -> Any:
@@ -288,6 +293,7 @@ class NetRuns:
     gate: GateNumbers
     loss_net: float
     loss_optimum: float
+    loss_curve: list[float]  # the objective at _checkpoints(cfg), the last = loss_net
 
 
 def _objective(cfg: SmoothingConfig, ctx: Context, im: _Images, models: list[Any], i: int) -> list[float]:
@@ -319,7 +325,8 @@ def _objective(cfg: SmoothingConfig, ctx: Context, im: _Images, models: list[Any
 
 def _methods(cfg: SmoothingConfig, ctx: Context, im: _Images, trained: dict[str, Trained]) -> list[NetRuns]:
     conf = {**_base(cfg, ctx), "net": cfg.net, "tempering": _tempering(cfg).as_dict(), "n_ref": cfg.n_reference_samples,
-            "n_net": cfg.n_net_samples, "blind": cfg.blind, "n_loss_draws": cfg.n_loss_draws}
+            "n_net": cfg.n_net_samples, "blind": cfg.blind, "n_loss_draws": cfg.n_loss_draws,
+            "loss_checkpoints": _checkpoints(cfg)}
     out = []
     for i, key in enumerate(trained):
         def work(i: int = i, key: str = key) -> NetRuns:
@@ -333,12 +340,14 @@ def _methods(cfg: SmoothingConfig, ctx: Context, im: _Images, trained: dict[str,
             nr = cfg.n_reference_samples  # the optimum's cost grows with the training set: fewer samples
             xr = sample.pc(opt, x0[:nr], im.pc_grid, seeds=sd[:nr], progress=ctx.progress, **opts["PC (SDE)"])
             loss_net, loss_opt = _objective(cfg, ctx, im, [net, opt], i)
+            curve = [_objective(cfg, ctx, im, [load_checkpoint(trained[key], s, ctx.device, im.shape)], i)[0]
+                     for s in _checkpoints(cfg)[:-1]] + [loss_net]
             # the gate judges every network on the claims' own sampler, PC (SDE) (no loss gap in the gate: a
             # Gaussian baseline of the unconditional objective is not defined; the objective's excess over the
             # exact optimum is reported beside it)
             gate = gate_numbers(xs, im.train, im.heldout, seed=ctx.seed, fid_net=im.fid_net)
             return NetRuns(_measure(xs, im, cfg, ctx), _measure(xo, im, cfg, ctx), _measure(xr, im, cfg, ctx),
-                           xs, xo, xr, gate, loss_net, loss_opt)
+                           xs, xo, xr, gate, loss_net, loss_opt, curve)
 
         out.append(ctx.stages.run(f"smoothing.sample_{key}", conf, work, version=VERSION, result_type=NetRuns))
     return out
@@ -558,6 +567,14 @@ def run(cfg: SmoothingConfig, ctx: Context) -> StudyReport:
                f"{cfg.n_loss_draws} fixed draws of each network's training law; the optima are Empirical (EDM), "
                f"NoiseAgnostic({cfg.blind}) and TemperedOptimum(conditioning={cfg.blind!r}) on the same levels. "
                "Every network is gated on its PC (SDE) samples, the claims' sampler.")
+    steps = _checkpoints(cfg)
+    tc = Table("smoothing_loss_curve", "Each network's training objective on the same fixed draws at its checkpoints "
+               "(is it at a plateau?)",
+               ["network", *[f"step {s}" for s in steps], "last doubling: relative change"],
+               [[f"{n} network", *r.loss_curve,
+                 (r.loss_curve[-1] - r.loss_curve[-2]) / r.loss_curve[-2] if len(steps) > 1 and
+                 steps[-2] * 2 == steps[-1] else "n/a"] for n, r in zip(MODELS, runs)],
+               "EMA weights; the objective of the table above; a plateau shows as a last-doubling change near 0.")
     tb = Table("smoothing_blind_optima", "The exact optima of the two sigma-blind objectives (no tempering) under the "
                "PC samplers: does SDE sampling of an unconditional model reach the data (the paper's §A.7.2)?",
                ["network output", "sampler", "own sigma at the end", "copy frac.", "NN median", "FID(G, train)",
@@ -588,7 +605,7 @@ def run(cfg: SmoothingConfig, ctx: Context) -> StudyReport:
                 "PC samplers and of the exact optima of their objectives; last panel: training images.", figure_png(fig))
     sec2 = Section("2. Noise unconditioning and temperature smoothing (trained networks)",
                    "The paper's two training methods and the exact zero-loss optima of their objectives, sampled with "
-                   "Song et al.'s predictor-corrector samplers as in its Table 1.", [c2a, c2b, c2c, c2d], [t2, tl, tb, tp],
+                   "Song et al.'s predictor-corrector samplers as in its Table 1.", [c2a, c2b, c2c, c2d], [t2, tl, tc, tb, tp],
                    [f2])
 
     # 3 ----------------------------------------------------------------------------------------
