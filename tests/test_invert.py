@@ -74,3 +74,23 @@ def test_inversion_refuses_what_cannot_invert():
         invert(model, x, grid, sampler="ddim", eta=0.5)
     with pytest.raises(ValueError, match="strictly descending"):
         SAMPLERS["dpmpp_2m_sde"](model, x, grid)
+
+
+def test_adaptive_inversion_never_evaluates_the_model_outside_its_interval():
+    # N(0, I) data: v = (x - D(x, s)) / s = s x / (1 + s^2) is ~1e-3 |x| at s = 1e-3, so dopri5's initial-step
+    # probe (h0 = 0.01 |x| / |v| ~ 10) would ask for the model at sigma ~ 10, far above sigma_to = 0.5.
+    from scoredyn.sample.invert import ode_ascending
+
+    seen: list[float] = []
+
+    def denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        seen.append(float(sigma.max()))
+        s2 = sigma.to(x.dtype).reshape(-1, 1) ** 2
+        return x / (1.0 + s2)
+
+    x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = ode_ascending(denoiser, x, 1e-3, 0.5, rtol=1e-8, atol=1e-8)
+    # the exact flow map of N(0, I): x(s) = x(s0) sqrt(1 + s^2) / sqrt(1 + s0^2)
+    want = x * math.sqrt(1 + 0.25) / math.sqrt(1 + 1e-6)
+    assert max(seen) <= 0.5, f"the model was evaluated at sigma {max(seen):.3g} > sigma_to = 0.5"
+    assert torch.allclose(y, want, rtol=1e-6, atol=0), f"max error {float((y - want).abs().max()):.3g}"

@@ -42,7 +42,9 @@ def ode_ascending(denoiser: Denoiser, x: Tensor, sigma_from: float, sigma_to: fl
     batch = x.shape[0]
 
     def velocity(t: Tensor, y: Tensor) -> Tensor:
-        s = t.clamp(min=sigma_from).to(y.dtype)
+        # dopri5's initial step-size probe looks at t0 + 0.01 |y| / |v|, past sigma_to where v is small at
+        # sigma_from; the steps themselves stay inside [sigma_from, sigma_to], so the clamp changes only the probe.
+        s = t.clamp(sigma_from, sigma_to).to(y.dtype)
         v = (y - denoiser(y, s.expand(batch))) / s
         if not bool(torch.isfinite(v).all()):
             raise SamplerDivergence(f"ode_adaptive: non-finite derivative at sigma {float(t):.6g} (inverting {sigma_from:.6g} -> {sigma_to:.6g})")

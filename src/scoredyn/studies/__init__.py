@@ -1,7 +1,8 @@
 """Paper studies (DESIGN.md §1.6): ``scoredyn study {kim, smoothing, teleport, all}``.
 
-Each study declares its claims once as data (:mod:`.claims`: id, statement, source, kind, measured
-quantities and a criterion that decides and writes its own text; thresholds in :mod:`.thresholds`),
+Each study declares its claims once as data (``studies/<name>.claims.toml``, read by :mod:`.claims`:
+id, statement, source, kind, measured quantities and a criterion that decides and writes its own
+text; thresholds in :mod:`.thresholds`),
 measures them in cached, typed, checksummed stages (:mod:`.stages`), checks every trained network
 with a quality gate (:mod:`.gate`), and gives each claim a verdict ("supported", "not supported"
 or "inconclusive"). :func:`run_studies` writes report.md, report.html, figures/*.png, results.json
@@ -9,8 +10,8 @@ or "inconclusive"). :func:`run_studies` writes report.md, report.html, figures/*
 the configuration and versions) and timings.json. docs/studies.md's claims tables are generated
 from the declarations (:mod:`.docs`).
 
-Adding a study: a module ``studies/<name>.py`` with ``REGISTRY`` (a :class:`.claims.Registry` of
-its ``ClaimSpec`` declarations), a config dataclass in :mod:`.config` (with its named random
+Adding a study: a claim table ``studies/<name>.claims.toml`` and a module ``studies/<name>.py`` with
+``REGISTRY = load_registry("<name>")`` (:func:`.claims.load_registry`), a config dataclass in :mod:`.config` (with its named random
 ``streams``) and ``run(cfg, ctx) -> StudyReport``; every stage through
 ``ctx.stages.run(name, config_slice, fn, version=..., result_type=SomeDataclass)``; every trained
 network through :func:`.gate.judge_network` and ``ctx.network(gate)``.

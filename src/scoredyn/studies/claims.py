@@ -1,24 +1,25 @@
 """Claims as data: what a paper says, where, what is measured, and the criterion that decides.
 
-How to declare a claim (at module level in a study, so docs/studies.md can be generated from it
-without running anything)::
+How to declare a claim: in the study's table ``studies/<study>.claims.toml`` (data, so
+docs/studies.md is generated from it without running anything), one ``[[claim]]`` entry each::
 
-    from .claims import ClaimSpec, Criterion, Source, at_least, at_most, ref
-    from . import thresholds as T
+    [[claim]]
+    id = "kim.2e"
+    statement = "Samples of the optimum collapse onto training points"
+    source = ["Kim 2026", "§4.2", "Thm 4.4"]   # paper, section, optional equation / theorem
+    kind = "paper"                             # "paper" | "extension" | "open question"
+    quantities = ["copy_fraction", "nfe"]
+    definitions = "copy_fraction = share of samples within {K_SIGMA:g} sigma_min of a training point"
+    supported = "copy_fraction >= COPY"        # optional: not_supported, inconclusive_if (+ why)
+    on_networks = false                        # true: the claim rests on trained networks (quality gate)
 
-    COLLAPSE = ClaimSpec(
-        id="kim.2e",
-        statement="Samples of the optimum collapse onto training points",
-        source=Source("Kim 2026", "§4.2", "Thm 4.4"),
-        kind="paper",                      # "paper" | "extension" | "open question"
-        quantities=("copy_fraction", "nfe"),
-        criterion=Criterion(supported=at_least("copy_fraction", T.COPY)),
-        on_networks=False,                 # True: the claim rests on trained networks (quality gate)
-    )
+A condition compares a measured quantity (lower case) with a number, a threshold of
+:mod:`scoredyn.studies.thresholds` (upper case) or another quantity, ``scale * q + offset``
+(``copy_last > copy_first + COPY_RISE``); ``and`` / ``or`` / parentheses combine conditions. Texts
+may name thresholds as ``{NAME:g}`` and the table's ``[text]`` entries as ``{NAME}``. The study loads
+its table with ``REGISTRY = load_registry("kim")`` and judges a claim after measuring::
 
-and judge it after measuring::
-
-    claim = COLLAPSE.judge({"copy_fraction": 0.97, "nfe": 212}, networks=[gate_a, gate_b])
+    claim = REGISTRY["kim.2e"].judge({"copy_fraction": 0.97, "nfe": 212}, networks=[gate_a, gate_b])
 
 ``judge`` checks that every declared quantity was measured, then: any network that fails its
 quality gate (:mod:`scoredyn.studies.gate`) makes the claim "inconclusive (the network does not
@@ -35,8 +36,11 @@ register the result with ``ctx.network(gate)`` (:class:`scoredyn.studies.stages.
 
 from __future__ import annotations
 
+import ast
 import math
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Mapping, Optional, Sequence, Union
 
 if TYPE_CHECKING:
@@ -333,3 +337,127 @@ class Registry:
             if c.id == cid:
                 return c
         raise KeyError(cid)
+
+
+# ------------------------------------------------------------------------------ the claim tables
+
+_CLAIM_KEYS = {"id", "statement", "source", "kind", "quantities", "definitions", "supported", "not_supported",
+               "inconclusive_if", "why", "on_networks", "notes"}
+_COMPARE = {ast.LtE: "<=", ast.GtE: ">=", ast.Lt: "<", ast.Gt: ">"}
+_ARITH = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+          ast.Div: lambda a, b: a / b}
+
+
+def _thresholds() -> dict[str, Any]:
+    from . import thresholds
+
+    return {k: v for k, v in vars(thresholds).items() if k.isupper()}
+
+
+class _Parser:
+    """A condition string (``"copy_min >= COPY and (a < b or c > 2 * d + COPY_RISE)"``) as a :data:`Test`.
+
+    Python's ``ast`` reads the expression; nothing is evaluated: only comparisons, ``and`` / ``or``,
+    numbers, threshold names (upper case), quantity names (not all upper case), ``+ - * /`` and ``NAME[i]``."""
+
+    def __init__(self, where: str, constants: Mapping[str, Any]) -> None:
+        self.where, self.constants = where, constants
+
+    def fail(self, what: str) -> ValueError:
+        return ValueError(f"{self.where}: {what}")
+
+    def test(self, text: str) -> Test:
+        try:
+            tree = ast.parse(text, mode="eval").body
+        except SyntaxError as e:
+            raise self.fail(f"cannot read the condition {text!r} ({e.msg})") from None
+        return self._test(tree)
+
+    def _test(self, n: ast.expr) -> Test:
+        if isinstance(n, ast.BoolOp):
+            return Group("all" if isinstance(n.op, ast.And) else "any", tuple(self._test(v) for v in n.values))
+        if isinstance(n, ast.Compare) and len(n.ops) == 1 and type(n.ops[0]) in _COMPARE:
+            if not (isinstance(n.left, ast.Name) and not n.left.id.isupper()):
+                raise self.fail(f"a condition starts with a measured quantity (lower case), got {ast.unparse(n.left)!r}")
+            return Cond(n.left.id, _COMPARE[type(n.ops[0])], self._rhs(n.comparators[0]))
+        raise self.fail(f"expected 'quantity <op> value' (op one of <= >= < >) or and/or of those, got {ast.unparse(n)!r}")
+
+    def _rhs(self, n: ast.expr) -> Union[float, Ref]:
+        quantities = [m.id for m in ast.walk(n) if isinstance(m, ast.Name) and not m.id.isupper()]
+        if not quantities:
+            return self._number(n)
+        if len(quantities) != 1:
+            raise self.fail(f"a quantity on the right-hand side must read 'scale * quantity + offset', got "
+                            f"{ast.unparse(n)!r}")
+        offset = 0.0
+        if isinstance(n, ast.BinOp) and isinstance(n.op, (ast.Add, ast.Sub)):
+            offset = self._number(n.right) * (1.0 if isinstance(n.op, ast.Add) else -1.0)
+            n = n.left
+        scale = 1.0
+        if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Mult):
+            scale, n = self._number(n.left), n.right
+        if not (isinstance(n, ast.Name) and not n.id.isupper()):
+            raise self.fail(f"a quantity on the right-hand side must read 'scale * quantity + offset', got "
+                            f"{ast.unparse(n)!r}")
+        return Ref(n.id, scale, offset)
+
+    def _number(self, n: ast.expr) -> float:
+        if isinstance(n, ast.Constant) and isinstance(n.value, (int, float)) and not isinstance(n.value, bool):
+            return float(n.value)
+        if isinstance(n, ast.Name) and n.id in self.constants:
+            v = self.constants[n.id]
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                return float(v)
+            raise self.fail(f"threshold {n.id} is {v!r}, not a number (index it: {n.id}[0])")
+        if isinstance(n, ast.Name):
+            raise self.fail(f"unknown threshold {n.id!r}; thresholds are the upper-case names of "
+                            "scoredyn.studies.thresholds")
+        if (isinstance(n, ast.Subscript) and isinstance(n.value, ast.Name) and n.value.id in self.constants
+                and isinstance(n.slice, ast.Constant) and isinstance(n.slice.value, int)):
+            return float(self.constants[n.value.id][n.slice.value])
+        if isinstance(n, ast.BinOp) and type(n.op) in _ARITH:
+            return float(_ARITH[type(n.op)](self._number(n.left), self._number(n.right)))
+        if isinstance(n, ast.UnaryOp) and isinstance(n.op, ast.USub):
+            return -self._number(n.operand)
+        raise self.fail(f"expected a number, a threshold name or arithmetic of those, got {ast.unparse(n)!r}")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    with open(path, "rb") as f:
+        return tomllib.load(f)
+
+
+def claim_table(study: str) -> Path:
+    """The path of a study's claim table, ``studies/<study>.claims.toml``."""
+    return Path(__file__).with_name(f"{study}.claims.toml")
+
+
+def load_registry(study: str, path: Optional[Path] = None) -> Registry:
+    """The claims of ``study``, read from its table (see the module docstring), in table order."""
+    path = claim_table(study) if path is None else Path(path)
+    table = _read_toml(path)
+    constants = _thresholds()
+    texts = {k: str(v).format_map(constants) for k, v in table.get("text", {}).items()}
+    fmt = {**constants, **texts}
+    reg = Registry(study)
+    for i, row in enumerate(table.get("claim", [])):
+        where = f"{path.name}: claim {row.get('id', f'#{i + 1}')!s}"
+        unknown = sorted(set(row) - _CLAIM_KEYS)
+        missing = sorted({"id", "statement", "source", "kind", "quantities", "supported"} - set(row))
+        if unknown or missing:
+            raise ValueError(f"{where}: unknown keys {unknown}, missing keys {missing}; keys are {sorted(_CLAIM_KEYS)}")
+        parse = _Parser(where, constants)
+        text = {k: str(row.get(k, "")).format_map(fmt) for k in ("statement", "definitions", "why", "notes")}
+        criterion = Criterion(
+            parse.test(row["supported"]),
+            not_supported=parse.test(row["not_supported"]) if "not_supported" in row else None,
+            inconclusive_if=parse.test(row["inconclusive_if"]) if "inconclusive_if" in row else None,
+            why=text["why"], definitions=text["definitions"])
+        reg.add(ClaimSpec(str(row["id"]), text["statement"], Source(*row["source"]), str(row["kind"]),
+                          tuple(row["quantities"]), criterion, on_networks=bool(row.get("on_networks", False)),
+                          notes=text["notes"]))
+    return reg

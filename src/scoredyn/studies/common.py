@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import metrics, nets, sample, train
+from .. import metrics, nets, train
 from ..sample.noise import noise
 from .config import NetConfig
 from .gate import GateResult, judge_network

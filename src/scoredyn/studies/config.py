@@ -40,6 +40,12 @@ class NetConfig:
         return TrainConfig(**{"steps": self.steps, "batch_size": self.batch_size, "lr": self.lr, **fields})
 
 
+# The conv net of every digits study (an MLP does not sample digits well enough for the quality gate:
+# multiplicative MLPs FID 216-301 vs a floor of about 22 (Kim); EDM MLPs 42-70 vs 22-32 (teleport);
+# EDM MLP with PC 104 vs 20 (smoothing)). Each study sets its own number of steps.
+DIGITS_UNET = NetConfig(arch="unet", base=32, channel_mult=(1, 2), num_blocks=1, batch_size=64, lr=1e-3)
+
+
 @dataclass(frozen=True)
 class KimStreams:
     """Kim's named random streams (each one per-sample seeded; see ``common.seeds``)."""
@@ -102,9 +108,7 @@ class KimConfig:
     image_data: str = "digits"
     image_sizes: tuple[int, ...] = (32, 512)
     image_checkpoints: tuple[int, ...] = (300, 1000)
-    # a conv net: multiplicative MLPs do not sample digits (FID 216-301 vs a floor of about 22)
-    image_net: NetConfig = field(default_factory=lambda: NetConfig(arch="unet", base=32, channel_mult=(1, 2), num_blocks=1,
-                                                                   batch_size=64, lr=1e-3))
+    image_net: NetConfig = DIGITS_UNET
     image_sigma_min: float = 0.05
     # (2g) Kim's open question: weightings lambda other than g^2 (the optimum is grad L_lambda / M_lambda)
     weightings: tuple[str, ...] = ("sigma2", "sigma", "sigma3")
@@ -118,13 +122,19 @@ class KimConfig:
 
 
 @dataclass(frozen=True)
-class SmoothingConfig:
-    """Zhou et al. (2026): noise unconditioning and temperature-smoothed training, sampled with PC."""
+class ImageSet:
+    """The images an image study works on: the data set, training and held-out sizes, samples per sampler."""
 
     data: str = "digits"
     n_train: int = 300
     n_heldout: int = 500
     n_samples: int = 300
+
+
+@dataclass(frozen=True)
+class SmoothingConfig(ImageSet):
+    """Zhou et al. (2026): noise unconditioning and temperature-smoothed training, sampled with PC."""
+
     # the trained networks' PC / gate samples (their cost; the empirical score's rows use n_samples)
     n_net_samples: int = 100
     sigma_min: float = 0.01
@@ -147,9 +157,9 @@ class SmoothingConfig:
     gamma_points: int = 8
     domination_sigmas: tuple[float, ...] = (0.05, 0.2, 1.0)
     temperatures: tuple[float, ...] = (1.0, 1e2, 1e4)  # extension: sampling-time tempering of the empirical score
-    # a conv net: MLPs do not sample digits well enough for the quality gate (EDM MLP with PC: FID 104 vs a floor of 20)
-    net: NetConfig = field(default_factory=lambda: NetConfig(arch="unet", base=16, channel_mult=(1, 2), num_blocks=1,
-                                                             batch_size=64, lr=2e-3, steps=800))
+    # the digits conv net, base 16 (a quarter of the cost per step of base 32) for 800 steps: the sigma-blind net passes
+    # the gate there (FID 65 vs 2 x floor 44); 200 steps of base 32 did not (docs/studies.md, smoothing)
+    net: NetConfig = replace(DIGITS_UNET, base=16, lr=2e-3, steps=800)
     streams: SmoothingStreams = field(default_factory=SmoothingStreams)
 
     def __post_init__(self) -> None:
@@ -161,16 +171,12 @@ class SmoothingConfig:
 
 
 @dataclass(frozen=True)
-class TeleportConfig:
+class TeleportConfig(ImageSet):
     """Wang & Vastola: the Gaussian structure of learned scores and analytical teleportation."""
 
-    data: str = "digits"
     n_train: int = 1200
-    n_heldout: int = 500
     n_samples: int = 400
-    # a conv net (an MLP does not sample digits well: FID 42-70 vs a floor of 22-32, rising with NFE)
-    net: NetConfig = field(default_factory=lambda: NetConfig(arch="unet", base=32, channel_mult=(1, 2), num_blocks=1,
-                                                             batch_size=64, lr=1e-3, steps=1024))
+    net: NetConfig = replace(DIGITS_UNET, steps=1024)
     # >= 8 log-spaced checkpoints for "learned early" (the last one is the network of every other claim)
     checkpoints: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512, 1024)
     sigma_min: float = 0.002

@@ -34,7 +34,7 @@ from .. import dynamics, plot, sample
 from ..analytic import Gaussian, NoiseAgnostic
 from ..plot import figure
 from . import thresholds as T
-from .claims import ClaimSpec, Criterion, Registry, Source, above, all_of, any_of, at_least, at_most, below, ref
+from .claims import load_registry
 from .common import (
     GateNumbers, Trained, corr_cell, dsm_loss, gate_numbers, load_checkpoint, loss_draws, memorization, nearest, net_spec,
     network_gate, quality, seeds, spearman, start_noise, train_checkpoints,
@@ -51,121 +51,10 @@ LOSS_DRAWS = 1024  # (x0, sigma, z) draws at which networks and the optimum are 
 F64 = torch.float64
 VERSION = 2  # bump when a stage's output changes in a way its configuration does not show
 K_SIGMA = T.K_SIGMA
-KIM = "Kim 2026"
 
-# ------------------------------------------------------------------------------ the claims, declared once
+# ------------------------------------------------------------------------------ the claims (kim.claims.toml)
 
-REGISTRY = Registry("kim")
-_c = REGISTRY.add
-_c(ClaimSpec(
-    "kim.1a", "The probability-flow ODE of a multiplicative model is the autonomous ODE dx/dtau = f(x), "
-    "tau = sigma_max - sigma", Source(KIM, "§4.1.2"), "paper",
-    ("max_dev_euler", "max_dev_dopri5", "dopri5_tolerance"),
-    Criterion(all_of(at_most("max_dev_euler", T.FLOAT64_IDENTITY), at_most("max_dev_dopri5", ref("dopri5_tolerance"))),
-              definitions=f"dopri5_tolerance = {T.ADAPTIVE_FACTOR:g} x rtol x data std")))
-_c(ClaimSpec(
-    "kim.1b", "Annealed Langevin without its noise is forward Euler on dx/dtau = f(x) with steps "
-    "h_i = eps sigma_i / sigma_L^2 (and the final denoise a step h = sigma_L)", Source(KIM, "§4.1.1"), "paper",
-    ("max_dev", "euler_steps"), Criterion(at_most("max_dev", T.FLOAT64_IDENTITY))))
-_c(ClaimSpec(
-    "kim.2a", "log L never decreases along trajectories of dx/dtau = f*(x) (L is a Lyapunov function)",
-    Source(KIM, "§4", "Thm 4.3, eq. 2.9"), "paper", ("min_relative_increment", "trajectories"),
-    Criterion(at_least("min_relative_increment", -T.LYAPUNOV_SLACK),
-              definitions="min_relative_increment = min over RK4 steps of Delta log L / (1 + |log L|)")))
-_c(ClaimSpec(
-    "kim.2b", "Trajectories end at critical points of L (f* = grad L / M = 0)", Source(KIM, "§4", "Thm 4.3"),
-    "paper", ("critical_fraction", "tau"),
-    Criterion(at_least("critical_fraction", T.FRACTION_ALL), not_supported=below("critical_fraction", T.FRACTION_MOST),
-              definitions=f"critical_fraction = fraction of endpoints with |f*| <= {T.CRITICAL_FIELD:g} x median "
-                          "|f*(x_0)|")))
-_c(ClaimSpec(
-    "kim.2c", "Every training point is a stable equilibrium, with Jacobian eigenvalues near -(d/(d+1))/sigma_min",
-    Source(KIM, "§4.2", "Thm 4.4"), "paper",
-    ("stable_fraction", "max_dist_over_sigma_min", "eig_ratio_min", "eig_ratio_max"),
-    Criterion(all_of(at_least("stable_fraction", 1.0), at_most("max_dist_over_sigma_min", T.K_SIGMA),
-                     at_least("eig_ratio_min", T.EIG_RATIO[0]), at_most("eig_ratio_max", T.EIG_RATIO[1])),
-              definitions="Newton from every training point; eig_ratio = eigenvalue / (-(d/(d+1))/sigma_min)")))
-_c(ClaimSpec(
-    "kim.2d", "The only stable equilibria of f* are at the training points (no new attractors)",
-    Source(KIM, "§4.2", "Thm 4.4 (the theorem shows training points are stable, not that nothing else is)"),
-    "extension", ("stable_found", "stable_near_fraction"),
-    Criterion(all_of(above("stable_found", 0), at_least("stable_near_fraction", 1.0)),
-              definitions="Newton from a grid of starts plus the training points; stable_near_fraction = fraction "
-                          f"of the stable equilibria found within {T.K_SIGMA:g} sigma_min of a training point")))
-_c(ClaimSpec(
-    "kim.2e", "Probability-flow ODE samples of f* (the flow run for tau = sigma_max - sigma_min) are copies of "
-    "training points", Source(KIM, "§4.2", "(the paper shows stability, not a copy fraction; the threshold is ours)"),
-    "extension", ("copy_fraction", "within_3_sigma_min", "nfe"), Criterion(at_least("copy_fraction", T.COPY))))
-_c(ClaimSpec(
-    "kim.2f", "The flow's limit points (tau = 2 sigma_max) are training points", Source(KIM, "§4", "Thm 4.3, 4.4"),
-    "paper", ("copy_fraction", "within_3_sigma_min", "tau"), Criterion(at_least("copy_fraction", T.COPY))))
-_c(ClaimSpec(
-    "kim.2g", "Open question (Kim §4.1.1: the analysis removes the sampler's noise): with its noise, annealed "
-    "Langevin on the exact optimum still collapses onto training points",
-    Source(KIM, "§4.1.1", "open question 1"), "open question",
-    ("copy_with_noise", "copy_without_noise", "nn_median_with_noise", "nn_median_without_noise"),
-    Criterion(at_least("copy_with_noise", T.COPY), not_supported=below("copy_with_noise", ref("copy_without_noise", offset=-T.COPY_GAP)))))
-_c(ClaimSpec(
-    "kim.2h", "Open question (Kim §2.2 treats lambda = g^2 only): with lambda = sigma^m the optimum is "
-    "f*_m = grad N_m / M_m, so N_m never decreases along the flow, and the training points stay stable equilibria",
-    Source(KIM, "§2.2", "eq. 2.9 generalised"), "open question",
-    ("weightings", "min_relative_increment", "stable_fraction"),
-    Criterion(all_of(at_least("min_relative_increment", -T.LYAPUNOV_SLACK), at_least("stable_fraction", 1.0)),
-              definitions="worst case over the weightings m tested: the relative increments of log N_m along RK4 "
-                          "trajectories, and the fraction of training points that are stable equilibria")))
-_c(ClaimSpec(
-    "kim.2i", "Extension of Thm 4.4 to lambda = sigma^m: the Jacobian eigenvalues at the training points are "
-    "-((d+2-m)/(d+3-m))/sigma_min (m = 2: Kim's -(d/(d+1))/sigma_min)", Source(KIM, "§4.2", "Thm 4.4, generalised"),
-    "extension", ("weightings", "eig_ratio_min", "eig_ratio_max"),
-    Criterion(all_of(at_least("eig_ratio_min", T.EIG_RATIO[0]), at_most("eig_ratio_max", T.EIG_RATIO[1])),
-              definitions="worst case over the weightings m tested of eigenvalue / the predicted value")))
-
-
-def _overfit_specs(prefix: str, what: str) -> None:
-    _c(ClaimSpec(
-        f"{prefix}a", f"{what}: as the training loss falls (checkpoints along training, smallest training set), "
-        "stable equilibria move toward training points and memorization rises", Source(KIM, "§4.2", "Thm 4.4"),
-        "paper", ("excess_loss_first", "excess_loss_last", "copy_first", "copy_last", "eq_dist_first", "eq_dist_last",
-                  "spearman_loss_copy"),
-        Criterion(all_of(above("copy_last", ref("copy_first", offset=T.COPY_RISE)), below("eq_dist_last", ref("eq_dist_first"))),
-                  not_supported=any_of(below("copy_last", ref("copy_first", offset=-T.COPY_RISE)),
-                                       above("eq_dist_last", ref("eq_dist_first", scale=T.EQ_GROWTH))),
-                  inconclusive_if=at_least("excess_loss_last", ref("excess_loss_first")),
-                  why="the excess loss (network - optimum, same draws) did not fall",
-                  definitions="eq_dist = median distance of the stable equilibria to the nearest training point / "
-                              "sigma_min"),
-        on_networks=True))
-    _c(ClaimSpec(
-        f"{prefix}b", f"{what}: the smaller the training set, the more the trained network memorizes (last checkpoint)",
-        Source(KIM, "§4.2", "Thm 4.4"), "paper",
-        ("n_small", "n_large", "copy_small", "copy_large", "eq_dist_small", "eq_dist_large"),
-        Criterion(at_least("copy_small", ref("copy_large", offset=T.COPY_GAP)),
-                  not_supported=at_most("copy_small", ref("copy_large")),
-                  inconclusive_if=all_of(below("copy_small", T.COPY_NONE), below("copy_large", T.COPY_NONE)),
-                  why="neither network memorizes yet"),
-        on_networks=True))
-
-
-_overfit_specs("kim.3", "2-D points")
-_c(ClaimSpec(
-    "kim.3c", "Open question (Kim's conclusion: the loss threshold that avoids overfitting): an early-stopped network "
-    "(largest N, checkpoint with the best held-out sliced W2) gives samples that are new yet good",
-    Source(KIM, "conclusion", "open question 2"), "open question",
-    ("step", "copy_fraction", "copy_fraction_heldout", "nn_median", "nn_median_heldout", "sw", "sw_data_floor"),
-    Criterion(all_of(at_most("copy_fraction", ref("copy_fraction_heldout", offset=T.COPY_NONE)),
-                     at_least("nn_median", ref("nn_median_heldout", scale=T.NEW_NN)),
-                     at_most("sw", ref("sw_data_floor", scale=T.GOOD_SW))),
-              definitions="sw_data_floor = sliced W2 of an independent data draw of the same size"),
-    on_networks=True))
-_overfit_specs("kim.3d.", "digits images")
-_c(ClaimSpec(
-    "kim.4", "Sampling with the autonomous ODE dx/dtau = f(x) gives samples as good as annealed Langevin and the "
-    "probability-flow ODE of the same multiplicative network", Source(KIM, "§4.1, conclusion", "(the paper's reduction "
-    "drops the noise; equal quality is our extrapolation)"), "extension",
-    ("sw_autonomous", "sw_langevin", "sw_pf_heun", "ratio_to_best", "nfe_autonomous", "nfe_langevin"),
-    Criterion(at_most("ratio_to_best", T.SAMPLER_SAME), not_supported=above("ratio_to_best", T.SAMPLER_WORSE),
-              definitions="ratio_to_best = SW(autonomous) / min SW(annealed Langevin, PF-ODE Heun, PF-ODE adaptive)"),
-    on_networks=True))
+REGISTRY = load_registry("kim")
 
 
 # ------------------------------------------------------------------------------------------ data

@@ -23,7 +23,6 @@ resting on them are inconclusive.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -36,7 +35,7 @@ from .. import metrics, sample, train
 from ..analytic import Empirical, NoiseAgnostic, TemperedOptimum
 from ..plot import figure
 from . import thresholds as T
-from .claims import ClaimSpec, Criterion, Registry, Source, above, all_of, any_of, at_least, at_most, below, ref
+from .claims import load_registry
 from .common import (
     WEIGHTING, GateNumbers, Trained, corr_cell, gate_numbers, image_grid, load_checkpoint, memorization, nearest, net_spec,
     network_gate, seeds, spearman, start_noise, train_checkpoints,
@@ -48,8 +47,7 @@ from .stages import Context
 TITLE = "Zhou et al. (2026): smoothing the score for generalization"
 PAPERS = ("X. Zhou, J. Zhang, S. J. Wright, Smoothing the Score Function for Generalization in Diffusion Models: "
           "An Optimization-based Explanation Framework, arXiv:2601.19285 (2026), CVPR 2026")
-VERSION = 4  # bump when a stage's output changes in a way its configuration does not show
-ZHOU = "Zhou et al. 2026"
+VERSION = 5  # bump when a stage's output changes in a way its configuration does not show
 MODELS = ("conditional (EDM)", "unconditional", "tempered unconditional")
 SAMPLERS = ("PC (SDE)", "PC-ODE")
 
@@ -71,89 +69,9 @@ PAPER_TABLE1 = [
     ("CelebA-64", "ODE (PC)", "unconditioning", 7.71, 7.88),
 ]
 
-# ------------------------------------------------------------------------------ the claims, declared once
+# ------------------------------------------------------------------------------ the claims (smoothing.claims.toml)
 
-REGISTRY = Registry("smoothing")
-_c = REGISTRY.add
-_c(ClaimSpec(
-    "smoothing.1", "The empirical score reproduces training data (sampling collapse): its samples are copies, with "
-    "the probability-flow ODE and with the PC sampler", Source(ZHOU, "§3.1"), "paper",
-    ("copy_heun", "copy_pc", "copy_min"),
-    Criterion(at_least("copy_min", T.COPY), definitions="copy_min = the smaller copy fraction of the two samplers")))
-_c(ClaimSpec(
-    "smoothing.2a", "Noise unconditioning: an unconditional network memorizes no more than a conditional (EDM) one, at "
-    "comparable quality (both sampled with SDE (PC))", Source(ZHOU, "§4 (noise unconditioning)", "eq. 9; Table 1"),
-    "paper", ("copy_conditional", "copy_unconditional", "quality_ratio", "paper_quality_ratio"),
-    Criterion(all_of(at_most("copy_unconditional", ref("copy_conditional", offset=T.COPY_NONE)),
-                     at_most("quality_ratio", T.QUALITY_KEEP)),
-              not_supported=any_of(above("copy_unconditional", ref("copy_conditional", offset=T.COPY_NONE)),
-                                   above("quality_ratio", T.QUALITY_LOST)),
-              definitions="quality_ratio = FID(G, test) of the unconditional / of the conditional network; "
-                          "paper_quality_ratio = the same ratio in the paper's Table 1 (CIFAR-10)"),
-    on_networks=True))
-_c(ClaimSpec(
-    "smoothing.2b", "Temperature smoothing: the tempered unconditional network memorizes less than the unconditional "
-    "one while its quality stays close (SDE (PC))", Source(ZHOU, "§4 (temperature smoothing)", "eq. 10, 11; Table 1"),
-    "paper", ("copy_unconditional", "copy_tempered", "copy_max", "quality_ratio", "paper_quality_ratio"),
-    Criterion(all_of(any_of(at_most("copy_tempered", ref("copy_unconditional", offset=-T.COPY_RISE)),
-                            at_most("copy_max", T.COPY_NONE)),
-                     at_most("quality_ratio", T.QUALITY_KEEP)),
-              not_supported=any_of(above("copy_tempered", ref("copy_unconditional", offset=T.COPY_RISE)),
-                                   above("quality_ratio", T.QUALITY_LOST)),
-              definitions="copy_max = the larger of the two copy fractions; quality_ratio = FID(G, test) of the "
-                          "tempered / of the unconditional network; paper_quality_ratio: T=5/sigma, K=30 vs "
-                          "unconditioning in Table 1 (CIFAR-10)"),
-    on_networks=True))
-_c(ClaimSpec(
-    "smoothing.2c", "FID(G, test) / FID(G, train) falls from conditioning to unconditioning to tempering (the paper "
-    "reads a smaller ratio as better generalization)", Source(ZHOU, "§5 (metrics)", "Table 1"), "paper",
-    ("ratio_conditional", "ratio_unconditional", "ratio_tempered", "spread"),
-    Criterion(all_of(at_most("ratio_tempered", ref("ratio_unconditional")),
-                     at_most("ratio_unconditional", ref("ratio_conditional")), at_least("spread", T.RATIO_SPREAD)),
-              not_supported=all_of(above("ratio_tempered", ref("ratio_unconditional")),
-                                   above("ratio_unconditional", ref("ratio_conditional")),
-                                   at_least("spread", T.RATIO_SPREAD)),
-              definitions="ratios of the three networks sampled with SDE (PC); spread = largest - smallest ratio"),
-    on_networks=True))
-_c(ClaimSpec(
-    "smoothing.2d", "SDE (PC) sampling of an unconditional network is stable, as good as a conditional network's; its "
-    "PC-ODE sampling is no better (the paper: FID 7.34 SDE vs 8.88 ODE)", Source(ZHOU, "§A.7.2", "Table 1"), "paper",
-    ("quality_sde_over_conditional", "quality_ode_over_sde"),
-    Criterion(all_of(at_most("quality_sde_over_conditional", T.QUALITY_KEEP),
-                     at_least("quality_ode_over_sde", 1.0 / T.SAMPLER_SAME)),
-              not_supported=above("quality_sde_over_conditional", T.QUALITY_LOST),
-              definitions="FID(G, test) of the unconditional network with SDE (PC) / the conditional network's with "
-                          "SDE (PC); its PC-ODE FID / its SDE (PC) FID"),
-    on_networks=True))
-_c(ClaimSpec(
-    "smoothing.3a", "Trained networks have expansion factors orders of magnitude below the empirical score's "
-    "(Fig. 4: about 1e3 vs 1-2)", Source(ZHOU, "§3.2", "Fig. 4"), "paper",
-    ("peak_empirical", "peak_networks", "ratio"),
-    Criterion(at_least("ratio", T.GAMMA_ORDERS), not_supported=below("ratio", T.GAMMA_NONE),
-              definitions="peak = the largest gamma_ex over the sigma* sweep; peak_networks = the largest over the "
-                          "three networks; ratio = peak_empirical / peak_networks"),
-    on_networks=True))
-_c(ClaimSpec(
-    "smoothing.3b", "Unconditioning and tempering lower the expansion factor: tempered optimum < unconditional optimum "
-    "< empirical score", Source(ZHOU, "§3.2, §4", "Fig. 4"), "paper",
-    ("peak_empirical", "peak_unconditional", "peak_tempered"),
-    Criterion(all_of(below("peak_tempered", ref("peak_unconditional")), below("peak_unconditional", ref("peak_empirical"))),
-              not_supported=at_least("peak_tempered", ref("peak_empirical")),
-              definitions="peak = the largest gamma_ex over the sigma* sweep")))
-_c(ClaimSpec(
-    "smoothing.4", "Sigma-domination: one noise level per training point, sigma*_j = r_j / sqrt(d), reproduces the "
-    "unconditional optimum's weights", Source(ZHOU, "§3.1 (Property 1)", "eq. 5"), "paper",
-    ("max_mean_tv", "min_top1_agreement"),
-    Criterion(at_most("max_mean_tv", T.DOMINATION_TV), not_supported=above("max_mean_tv", T.DOMINATION_FAIL),
-              definitions="mean total variation between the exact (level-summed) weights and eq. 5's, its largest "
-                          "value over the probe sigmas")))
-_c(ClaimSpec(
-    "smoothing.5", "Extension (not the paper's method): dividing the empirical score's Gaussian logits by a constant T "
-    "at sampling time lowers memorization as T rises", Source(ZHOU, "§4 (contrast)", "DESIGN §3"), "extension",
-    ("copy_T1", "copy_at_max", "spearman", "max_value"),
-    Criterion(all_of(at_most("spearman", T.SPEARMAN_TREND), at_most("copy_at_max", ref("copy_T1", offset=-T.COPY_DROP))),
-              not_supported=at_least("copy_at_max", ref("copy_T1")),
-              definitions="spearman = Spearman(T, copy fraction) over the settings")))
+REGISTRY = load_registry("smoothing")
 
 
 # ------------------------------------------------------------------------------ data and measures
@@ -183,17 +101,19 @@ def _base(cfg: SmoothingConfig, ctx: Context) -> dict[str, Any]:
 
 @dataclass
 class Measure:
-    """Memorization, and FID(G, train) / FID(G, test) with equal-size references (Table 1's measure)."""
+    """Memorization of one set of samples and, with a feature net, Table 1's FID(G, train) / FID(G, test)."""
 
     copy_fraction: float
     within_k_sigma: float
     nn_median: float
-    fid_train: Optional[float] = None
-    fid_test: Optional[float] = None
-    fid_ratio: Optional[float] = None
+    fid: Optional[metrics.FidTrainTest] = None
+
+    def fid_of(self, which: str) -> Optional[float]:
+        """``"fid_train"``, ``"fid_test"`` or ``"ratio"`` of the FID measure (None without a feature net)."""
+        return None if self.fid is None else getattr(self.fid, which)
 
     def cols(self) -> list[Any]:
-        return [self.copy_fraction, self.nn_median, self.fid_train, self.fid_test, self.fid_ratio]
+        return [self.copy_fraction, self.nn_median, *(self.fid_of(k) for k in ("fid_train", "fid_test", "ratio"))]
 
 
 def _measure(x: Tensor, im: _Images, cfg: SmoothingConfig, ctx: Context) -> Measure:
@@ -201,10 +121,10 @@ def _measure(x: Tensor, im: _Images, cfg: SmoothingConfig, ctx: Context) -> Meas
     if im.fid_net is not None:
         xs = x.float().clamp(-1, 1)
         try:
-            r = metrics.fid_train_test(xs, im.train, im.heldout, train_labels=im.labels, net=im.fid_net, seed=ctx.seed)
+            m.fid = metrics.fid_train_test(xs, im.train, im.heldout, train_labels=im.labels, net=im.fid_net,
+                                           seed=ctx.seed)
         except ValueError:  # a class too small for a balanced subset the size of the test set: a random subset
-            r = metrics.fid_train_test(xs, im.train, im.heldout, net=im.fid_net, seed=ctx.seed)
-        m.fid_train, m.fid_test, m.fid_ratio = r.fid_train, r.fid_test, r.ratio
+            m.fid = metrics.fid_train_test(xs, im.train, im.heldout, net=im.fid_net, seed=ctx.seed)
     return m
 
 
@@ -523,14 +443,16 @@ def run(cfg: SmoothingConfig, ctx: Context) -> StudyReport:
     cond, unc, tmp = runs
     c2a = R["smoothing.2a"].judge(
         {"copy_conditional": cond.sde.copy_fraction, "copy_unconditional": unc.sde.copy_fraction,
-         "quality_ratio": _ratio(unc.sde.fid_test, cond.sde.fid_test), "paper_quality_ratio": 7.34 / 6.56},
+         "quality_ratio": _ratio(unc.sde.fid_of("fid_test"), cond.sde.fid_of("fid_test")),
+         "paper_quality_ratio": 7.34 / 6.56},
         networks=gates[:2])
     c2b = R["smoothing.2b"].judge(
         {"copy_unconditional": unc.sde.copy_fraction, "copy_tempered": tmp.sde.copy_fraction,
          "copy_max": max(unc.sde.copy_fraction, tmp.sde.copy_fraction),
-         "quality_ratio": _ratio(tmp.sde.fid_test, unc.sde.fid_test), "paper_quality_ratio": 8.60 / 7.34},
+         "quality_ratio": _ratio(tmp.sde.fid_of("fid_test"), unc.sde.fid_of("fid_test")),
+         "paper_quality_ratio": 8.60 / 7.34},
         networks=gates[1:])
-    ratios = [r.sde.fid_ratio for r in runs]
+    ratios = [r.sde.fid_of("ratio") for r in runs]
     spread = max(ratios) - min(ratios) if None not in ratios else "not measured (no feature net)"
     c2c = R["smoothing.2c"].judge(
         {"ratio_conditional": ratios[0] if ratios[0] is not None else "not measured",
@@ -539,9 +461,17 @@ def run(cfg: SmoothingConfig, ctx: Context) -> StudyReport:
         networks=gates, note="the paper's Table 1 ratios (CIFAR-10, SDE): 1.011 (conditioning), 1.001 "
                              "(unconditioning), 1.005 (T=5/sigma, K=30)")
     c2d = R["smoothing.2d"].judge(
-        {"quality_sde_over_conditional": _ratio(unc.sde.fid_test, cond.sde.fid_test),
-         "quality_ode_over_sde": _ratio(unc.ode.fid_test, unc.sde.fid_test)}, networks=gates[:2],
+        {"quality_sde_over_conditional": _ratio(unc.sde.fid_of("fid_test"), cond.sde.fid_of("fid_test")),
+         "quality_ode_over_sde": _ratio(unc.ode.fid_of("fid_test"), unc.sde.fid_of("fid_test"))}, networks=gates[:2],
         note="the paper (CIFAR-10): 7.34 / 6.56 = 1.12 and 8.88 / 7.34 = 1.21")
+    pc_sde = BLIND_SAMPLERS.index("PC (SDE)")
+    c2e = R["smoothing.2e"].judge(
+        {"nn_eq9": blind.rows[BLIND.index("unconditional")][pc_sde].nn_median,
+         "nn_scale_by_sigma": blind.rows[BLIND.index("multiplicative")][pc_sde].nn_median,
+         "nn_heldout": emp.heldout_nn_median},
+        note=f"own noise level |x - nearest| / sqrt(d) at the end: "
+             f"{sig(blind.own_sigma[BLIND.index('unconditional')][pc_sde])} (eq. 9) vs sigma_min = {cfg.sigma_min}; "
+             "table 'The exact optima of the two sigma-blind objectives'")
     rows = []
     for name, r in zip(MODELS, runs):
         rows += [[f"{name} network", "PC (SDE)", *r.sde.cols()], [f"{name} network", "PC-ODE", *r.ode.cols()]]
@@ -605,7 +535,7 @@ def run(cfg: SmoothingConfig, ctx: Context) -> StudyReport:
                 "PC samplers and of the exact optima of their objectives; last panel: training images.", figure_png(fig))
     sec2 = Section("2. Noise unconditioning and temperature smoothing (trained networks)",
                    "The paper's two training methods and the exact zero-loss optima of their objectives, sampled with "
-                   "Song et al.'s predictor-corrector samplers as in its Table 1.", [c2a, c2b, c2c, c2d], [t2, tl, tc, tb, tp],
+                   "Song et al.'s predictor-corrector samplers as in its Table 1.", [c2a, c2b, c2c, c2d, c2e], [t2, tl, tc, tb, tp],
                    [f2])
 
     # 3 ----------------------------------------------------------------------------------------

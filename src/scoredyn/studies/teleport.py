@@ -18,7 +18,6 @@ The network is a conv net (``scoredyn.nets.UNet``) checked by the quality gate.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -31,7 +30,7 @@ from .. import metrics, sample
 from ..analytic import Empirical, Gaussian, GaussianMixture
 from ..plot import figure
 from . import thresholds as T
-from .claims import ClaimSpec, Criterion, Registry, Source, above, all_of, at_least, at_most, below, ref
+from .claims import load_registry
 from .common import (
     GateNumbers, Trained, dsm_loss, gate_numbers, image_grid, load_checkpoint, loss_draws, net_spec, network_gate, quality,
     start_noise, train_checkpoints,
@@ -46,82 +45,11 @@ PAPERS = ("B. Wang, J. J. Vastola, The Hidden Linear Structure in Score-Based Mo
           "arXiv:2311.10892; The Unreasonable Effectiveness of Gaussian Score Approximation for Diffusion Models "
           "and its Applications, TMLR 2024, arXiv:2412.09726")
 VERSION = 2  # bump when a stage's output changes in a way its configuration does not show
-WV = "Wang & Vastola"
 LOSS_DRAWS = 1024
 
-# ------------------------------------------------------------------------------ the claims, declared once
+# ------------------------------------------------------------------------------ the claims (teleport.claims.toml)
 
-REGISTRY = Registry("teleport")
-_c = REGISTRY.add
-_RANGE_DEF = (f"X_from_sigma = the smallest tested sigma from which on (at every larger tested sigma) model X leaves "
-              f"<= {T.UV_EXPLAINS:g} of the network's score variance unexplained (2 x the largest tested sigma when "
-              "none does)")
-_c(ClaimSpec(
-    "teleport.1a", "The Gaussian (linear) score explains the trained network's score at moderate to high noise, "
-    "beyond what the data mean and an isotropic variance explain", Source(WV, "abstract", "closed-form Gaussian score -(Sigma + sigma^2 I)^-1 (x - mu)"),
-    "paper", ("gaussian_from_sigma", "isotropic_from_sigma", "mean_only_from_sigma", "two_sigma_data"),
-    Criterion(all_of(at_most("gaussian_from_sigma", ref("two_sigma_data")),
-                     at_least("isotropic_from_sigma", ref("gaussian_from_sigma", scale=T.BASELINE_MARGIN))),
-              definitions=_RANGE_DEF + "; isotropic = mean + isotropic variance tr(Sigma)/d"),
-    on_networks=True))
-_c(ClaimSpec(
-    "teleport.1b", "At low noise a Gaussian mixture explains the network better than the single Gaussian",
-    Source(WV, "abstract", "coarse-grained GMM"), "paper", ("gmm_over_gaussian_max", "uv_best_gmm_max"),
-    Criterion(below("gmm_over_gaussian_max", 1.0), inconclusive_if=at_least("uv_best_gmm_max", 0.9),
-              why="no model explains the network's score at these sigmas",
-              definitions="over the 2 smallest sigmas: max of UV(best mixture) / UV(Gaussian), and the best mixture's "
-                          "largest UV"),
-    on_networks=True))
-_c(ClaimSpec(
-    "teleport.1c", "At low noise the network is closer to a coarse-grained (mixture) score than to the training set's "
-    "own (empirical) score, consistent with generalization", Source(WV, "abstract", "delta-mixture score"), "paper",
-    ("uv_best_gmm", "uv_empirical"),
-    Criterion(below("uv_best_gmm", ref("uv_empirical")), inconclusive_if=at_least("uv_best_gmm", 0.9),
-              why="no model explains the network's score at this sigma", definitions="at the smallest sigma"),
-    on_networks=True))
-_c(ClaimSpec(
-    "teleport.1d", "The Gaussian structure is learned early in training: the Gaussian's unexplained variance reaches an "
-    "early minimum, then rises while richer models pull ahead", Source(WV, "abstract", "the authors' per-epoch tables (Tables/*_gmm_exp_var*.csv in their code)"),
-    "paper", ("n_checkpoints", "uv_first", "uv_min", "step_of_min", "uv_last", "richer_over_gaussian_last"),
-    Criterion(all_of(at_least("n_checkpoints", T.MIN_CHECKPOINTS), at_most("uv_min", ref("uv_first", scale=T.EARLY_DIP)),
-                     at_least("uv_last", ref("uv_min", scale=T.EARLY_RISE)), below("richer_over_gaussian_last", 1.0)),
-              definitions="UV = the Gaussian's unexplained variance averaged over 0.1 <= sigma <= 2 sigma_data, at "
-                          "log-spaced checkpoints; richer_over_gaussian_last = UV(best mixture or empirical) / UV(Gaussian) "
-                          "at the last checkpoint"),
-    on_networks=True))
-_c(ClaimSpec(
-    "teleport.1e", "The Gaussian approximation works over a wider noise range than naive theory predicts (naive "
-    "theory: the first-order expansion in 1/sigma^2, valid for sigma much larger than the data radius)",
-    Source(WV, "abstract", "first-order expansion (Gaussian_1stexpens_score in their code)"), "paper",
-    ("gaussian_from_sigma", "naive_from_sigma", "data_radius"),
-    Criterion(at_most("gaussian_from_sigma", ref("naive_from_sigma", scale=1.0 / T.NAIVE_RANGE)),
-              not_supported=at_least("gaussian_from_sigma", ref("naive_from_sigma")),
-              definitions=_RANGE_DEF + "; naive = mu + Sigma (x - mu) / sigma^2 (the score to first order in "
-                                       "1/sigma^2); data_radius = sqrt(tr Sigma)"),
-    on_networks=True))
-_c(ClaimSpec(
-    "teleport.2a", "Analytical teleportation skips the first 15-30% of the sampling steps (dropping them, so NFE "
-    "falls) at no loss of quality, with any solver", Source(WV, "abstract", "FID 1.93 on CIFAR-10 with 15-30% of the steps skipped"),
-    "paper", ("worst_ratio", "solvers", "nfe_unskipped"),
-    Criterion(at_most("worst_ratio", T.NO_LOSS), not_supported=above("worst_ratio", T.CLEAR_LOSS),
-              definitions=f"worst_ratio = max over solvers and tested fractions in [{T.SKIP_BAND[0]:g}, "
-                          f"{T.SKIP_BAND[1]:g}] of FID(skipped) / FID(unskipped, same seeds), at the largest NFE"),
-    on_networks=True))
-_c(ClaimSpec(
-    "teleport.2b", "With the number of steps fixed on [sigma_min, sigma_skip] (the authors' solver benchmark), "
-    "teleporting to sigma_skip loses no quality at equal NFE for DPM-Solver++ and UniPC",
-    Source(WV, "abstract (works with DPM-Solver-v3, UniPC)", "the authors' solver benchmark (DPS_benchmark in their edm fork)"), "paper", ("worst_ratio", "best_ratio", "steps"),
-    Criterion(at_most("worst_ratio", T.NO_LOSS), not_supported=above("worst_ratio", T.CLEAR_LOSS),
-              definitions="worst_ratio / best_ratio = max / min over DPM-Solver++(2M) and UniPC and skip fractions in "
-                          f"[{T.SKIP_BAND[0]:g}, {T.SKIP_BAND[1]:g}] of FID(teleported, same steps) / FID(no teleport)"),
-    on_networks=True))
-_c(ClaimSpec(
-    "teleport.2c", "Sanity check for the skip sweep: without skipping, more steps do not make the samples worse (a "
-    "rising FID with NFE flags a network that is unreliable at low noise)", Source(WV, "(our check, not the paper's)"),
-    "extension", ("worst_ratio",),
-    Criterion(at_most("worst_ratio", T.NO_LOSS), not_supported=above("worst_ratio", T.CLEAR_LOSS),
-              definitions="worst_ratio = max over solvers of FID(largest NFE) / FID(smallest NFE), unskipped"),
-    on_networks=True))
+REGISTRY = load_registry("teleport")
 
 
 # ------------------------------------------------------------------------------------------ data

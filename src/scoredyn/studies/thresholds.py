@@ -36,6 +36,7 @@ SKIP_BAND = (0.15, 0.30)  # Wang & Vastola's "first 15-30% of the steps"
 # ------------------------------------------------------------------ explained variance (Wang & Vastola)
 UV_EXPLAINS = 0.1  # a model "explains" the network's score: unexplained variance <= this
 UV_FAILS = 0.3  # ... and clearly does not above this
+UV_NO_MODEL = 0.9  # no model explains the network's score: the best model's unexplained variance >= this
 BASELINE_MARGIN = 2.0  # "explains beyond a baseline": the baseline's unexplained variance >= this x the model's
 NAIVE_RANGE = 2.0  # "wider than naive theory": the Gaussian's range starts >= this factor below naive theory's
 EARLY_DIP = 0.9  # "learned early": the minimum is <= this x the first checkpoint's value ...
