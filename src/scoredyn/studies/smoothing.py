@@ -9,7 +9,11 @@ The paper's two *training* methods, as it defines them, at our scale:
    ``T = max(sigma_c / sigma*, 1)``): a conditional (EDM), an unconditional and a tempered unconditional
    network, all sampled with Song et al.'s predictor-corrector sampler (SDE) and its probability-flow
    form (PC-ODE), as in the paper's Table 1; the exact optima of the three objectives
-   (``Empirical``, ``NoiseAgnostic(unconditional)``, ``TemperedOptimum``) as zero-loss references.
+   (``Empirical``, ``NoiseAgnostic``, ``TemperedOptimum``) as zero-loss references.
+   The sigma-blind networks output a score ``f(x) / sigma`` by default (``SmoothingConfig.blind``: the
+   released code's NCSN++ with ``conditional=False, scale_by_sigma=True``); eq. 9's literal score ``f(x)``
+   is kept as an option, and its exact optimum's PC samples (which stay off the data: smoothing.2e,
+   :func:`_blind_optima`) are reported beside the released code's.
    Measures: copy fraction (Gu et al.'s 1/3 rule), FID(G, train) / FID(G, test) with equal-size
    references (``metrics.fid_train_test``), and the paper's Table 1 beside ours.
 3. The expansion factor ``gamma_ex`` (§3.2, Fig. 4) of the empirical, unconditional and tempered
@@ -17,8 +21,8 @@ The paper's two *training* methods, as it defines them, at our scale:
 4. Whether the sigma-domination approximation (eq. 5) matches the unconditional optimum's weights.
 5. Extension (not the paper's method): tempering the empirical score's Gaussian logits at sampling time.
 
-Claims are declared once (``REGISTRY``); trained networks pass the quality gate or the claims
-resting on them are inconclusive.
+Claims are declared once (``REGISTRY``); trained networks pass the quality gate (on their PC (SDE)
+samples) or the claims resting on them are inconclusive.
 """
 
 from __future__ import annotations
