@@ -52,7 +52,7 @@ def test_pc_on_eq9_optimum_stays_off_the_data_as_the_scalar_recursion_predicts(n
     and 0.0027; recursion |x| 0.402 vs measured 0.396 without the corrector)."""
     data = torch.zeros(1, D, dtype=torch.float64)
     levels = sample.sigmas_geometric(100, sigma_max=SIGMA_MAX, sigma_min=SIGMA_MIN).double()
-    grid = torch.cat([levels, torch.zeros(1, dtype=torch.float64)])  # score_sde: sampling grid = training levels
+    grid = torch.cat([levels, levels.new_zeros(1)])  # as score_sde: the sampling grid is the training levels
     x0 = SIGMA_MAX * torch.randn(128, D, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     seeds = list(range(128))
     own = {}
@@ -79,11 +79,10 @@ def test_config_rejects_more_reference_samples_than_network_samples():
 
 
 SHARED = Path(os.environ.get("SCOREDYN_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
-if not (SHARED / "mnist").is_dir():
-    SHARED = Path("/nonexistent") if os.environ.get("SCOREDYN_SHARED_DATA") else Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
-@pytest.mark.skipif(not (SHARED / "mnist" / "train-images-idx3-ubyte.gz").is_file(), reason=f"shared MNIST not found at {SHARED}")
+@pytest.mark.skipif(not (SHARED / "mnist" / "train-images-idx3-ubyte.gz").is_file(),
+                    reason=f"shared MNIST not found at {SHARED}")
 def test_full_preset_code_path_smoke(tmp_path, monkeypatch):
     """``study smoothing --full`` (MNIST, the paper's 1000 levels, its UNet) runs end to end with every size cut to a
     smoke test's (not its results: the full run needs a GPU)."""
