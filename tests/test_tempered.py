@@ -29,19 +29,22 @@ def brute_target(x, sigma, j0, data, k, sigma_c, variant):
     return sum(wi * ti for wi, ti in zip(w, terms))
 
 
-def brute_optimum(x, data, levels, k, sigma_c, variant):
-    """``sum_{i,j0} sigma_i^2 N(x; mu_j0, sigma_i^2) t_{i,j0}(x) / sum sigma_i^2 N`` in float64 loops."""
+def brute_optimum(x, data, levels, k, sigma_c, variant, q=0):
+    """The minimiser over ``f(x)`` of ``sum_{i,j0} sigma_i^2 N(x; mu_j0, sigma_i^2) |f / sigma_i^q - t_{i,j0}|^2``:
+    ``sum sigma_i^(2-q) N t / sum sigma_i^(2-2q) N`` (q = 0: score f, eq. 9; q = 1: score f / sigma, the released
+    code's scale_by_sigma net), in float64 loops."""
     d = data.shape[1]
     out = []
     for xb in x:
-        logw, tgt = [], []
+        logw, num = [], 0.0
         for s in levels.tolist():
             for j0 in range(len(data)):
                 r2 = float(((xb - data[j0]) ** 2).sum())
-                logw.append(2 * math.log(s) - d * math.log(s) - r2 / (2 * s * s))
-                tgt.append(brute_target(xb, s, j0, data, k, sigma_c, variant))
-        w = torch.softmax(torch.tensor(logw, dtype=torch.float64), 0)
-        out.append(sum(wi * ti for wi, ti in zip(w, tgt)))
+                lg = 2 * math.log(s) - d * math.log(s) - r2 / (2 * s * s)
+                logw.append(lg - 2 * q * math.log(s))
+                num = num + math.exp(lg - q * math.log(s)) * brute_target(xb, s, j0, data, k, sigma_c, variant)
+        den = torch.tensor(logw, dtype=torch.float64).exp().sum()
+        out.append(num / den)
     return torch.stack(out)
 
 
@@ -54,18 +57,26 @@ def small():
     return data, x
 
 
+@pytest.mark.parametrize("conditioning,q", [("unconditional", 0), ("multiplicative", 1)])
 @pytest.mark.parametrize("variant", ["paper", "code"])
-def test_optimum_equals_float64_brute_force(small, variant):
+def test_optimum_equals_float64_brute_force(small, variant, conditioning, q):
     data, x = small
     levels = torch.tensor([0.03, 0.06, 0.12, 0.25, 0.5, 1.0], dtype=torch.float64)
-    model = TemperedOptimum(data, levels=levels, sigma_c=0.3, k=3, variant=variant, chunk_size=3)
-    ref = brute_optimum(x, data, levels, 3, 0.3, variant)
+    model = TemperedOptimum(data, levels=levels, sigma_c=0.3, k=3, variant=variant, chunk_size=3,
+                            conditioning=conditioning)
+    ref = brute_optimum(x, data, levels, 3, 0.3, variant, q)
     got = model.field(x)
     err = float((got - ref).norm() / ref.norm())
-    assert err < 1e-12, f"relative error {err:.2e} vs float64 brute force ({variant})"
+    assert err < 1e-12, f"relative error {err:.2e} vs float64 brute force ({variant}, {conditioning})"
     # the tempering changes the field: it is not the untempered optimum
-    plain = brute_optimum(x, data, levels, 3, 0.0, variant)
+    plain = brute_optimum(x, data, levels, 3, 0.0, variant, q)
     assert float((got - plain).norm() / plain.norm()) > 1e-3
+    # the two conditionings have different optima
+    other = brute_optimum(x, data, levels, 3, 0.3, variant, 1 - q)
+    assert float((got - other).norm() / other.norm()) > 1e-3
+    s = torch.full((x.shape[0],), 0.2, dtype=torch.float64)
+    assert torch.allclose(model.score(x, s), got / 0.2**q, rtol=1e-12, atol=0)
+    assert torch.allclose(model.denoise(x, s), x + 0.2 ** (2 - q) * got, rtol=1e-12, atol=1e-15)
 
 
 def test_variants_differ(small):
@@ -75,19 +86,20 @@ def test_variants_differ(small):
     assert float((a - b).norm() / a.norm()) > 1e-3
 
 
+@pytest.mark.parametrize("conditioning", ["unconditional", "multiplicative"])
 @pytest.mark.parametrize("levels", [12, None])
-def test_sigma_c_zero_equals_noise_agnostic_unconditional(levels):
+def test_sigma_c_zero_equals_noise_agnostic(levels, conditioning):
     g = torch.Generator().manual_seed(1)
     data = torch.randn(40, 16, generator=g, dtype=torch.float64)
     x = torch.cat([data[:4] + 0.05 * torch.randn(4, 16, generator=g, dtype=torch.float64),
                    2 * torch.randn(4, 16, generator=g, dtype=torch.float64)])
-    t = TemperedOptimum(data, sigma_min=0.02, sigma_max=5.0, levels=levels, sigma_c=0.0, k=5)
-    na = NoiseAgnostic(data, conditioning="unconditional", levels=t.levels)
+    t = TemperedOptimum(data, sigma_min=0.02, sigma_max=5.0, levels=levels, sigma_c=0.0, k=5, conditioning=conditioning)
+    na = NoiseAgnostic(data, conditioning=conditioning, levels=t.levels)
     err = float((t.field(x) - na.field(x)).norm() / na.field(x).norm())
-    assert err < 1e-9, f"relative difference {err:.2e} from NoiseAgnostic(unconditional) at sigma_c = 0"
+    assert err < 1e-9, f"relative difference {err:.2e} from NoiseAgnostic({conditioning}) at sigma_c = 0"
     s = torch.full((8,), 0.3, dtype=torch.float64)
     assert torch.allclose(t(x, s), na(x, s), rtol=1e-9, atol=1e-12)
-    assert torch.equal(t.score(x, 0.3), t.field(x))
+    assert torch.allclose(t.score(x, 0.3), na.score(x, 0.3), rtol=1e-9, atol=1e-12)
 
 
 def test_query_chunks_and_batch_do_not_change_result(small):
@@ -133,6 +145,8 @@ def test_bad_arguments(small):
         TemperedOptimum(data, sigma_min=0.1, sigma_max=1.0, sigma_c=-1.0, k=2)
     with pytest.raises(ValueError, match="sigma_min and sigma_max"):
         TemperedOptimum(data, sigma_c=0.2, k=2)
+    with pytest.raises(ValueError, match="conditioning"):
+        TemperedOptimum(data, sigma_min=0.1, sigma_max=1.0, sigma_c=0.2, k=2, conditioning="edm")
 
 
 def _tempered_loss(field, data, table, levels, tempering, n=4000):

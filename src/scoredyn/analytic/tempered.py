@@ -24,12 +24,17 @@ At ``sigma_i >= sigma_c`` (and whenever ``sigma_c = 0``) the target is the ordin
     s*(x) = sum_{i,j0} sigma_i^2 N(x; mu_j0, sigma_i^2 I) t_{i,j0}(x) / sum_{i,j0} sigma_i^2 N(x; mu_j0, sigma_i^2 I)
 
 (the same argument as DESIGN.md §3 "Noise-agnostic optimum", with the target in place of
-``(mu_j0 - x) / sigma_i^2``). :class:`TemperedOptimum` evaluates it exactly: per query chunk, the
+``(mu_j0 - x) / sigma_i^2``). The released code's network is sigma-blind too but divides its output by
+sigma (score_sde's NCSN++ with ``conditional=False, scale_by_sigma=True``, the configs of
+``configs/ve/*_ncsnpp.py``): score ``f(x) / sigma``, our ``"multiplicative"`` conditioning, whose
+optimum ``f*(x) = sum sigma_i N_{i,j0} t_{i,j0} / sum N_{i,j0}`` replaces ``sigma_i^2`` by ``sigma_i``
+in the numerator and by 1 in the denominator (``conditioning="multiplicative"``; at ``sigma_c = 0``
+it is ``NoiseAgnostic(conditioning="multiplicative")``). :class:`TemperedOptimum` evaluates it exactly: per query chunk, the
 squared distances to all training points (one matrix product on centred data), then the
 ``(level, j0)`` log-weights ``(2 - d) ln sigma_i - r_j0^2 / (2 sigma_i^2)`` with one shift per query,
 and every target expanded as a combination of training points, so the numerator is one more matrix
 product ``C @ data - C.sum() x`` with coefficients ``C`` scattered from the neighbour table.
-At ``sigma_c = 0`` it is exactly ``NoiseAgnostic(conditioning="unconditional")`` on the same levels.
+At ``sigma_c = 0`` it is exactly ``NoiseAgnostic(conditioning=...)`` on the same levels.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ from torch import Tensor
 from .._checks import SigmaLike, bcast, check_data, check_positive, check_query
 from .base import AnalyticDenoiser
 from .empirical import check_chunk, check_output
+
+CONDITIONINGS = {"unconditional": 0, "multiplicative": 1}
+"""The power ``q`` of the score ``f(x) / sigma^q`` of a sigma-blind network (``scoredyn.nets.precondition``)."""
 
 VARIANTS = ("paper", "code")
 """``paper``: eq. 10 (per-neighbour ``sigma*_j`` in T and the denominator); ``code``: the released code."""
@@ -129,8 +137,10 @@ def tempered_target(x: Tensor, sigma: Tensor, mu: Tensor, neighbours: Tensor, *,
 
 
 class TemperedOptimum(AnalyticDenoiser):
-    """Exact pointwise optimum ``s*(x)`` of a noise-unconditional network trained with the tempered
-    objective (Zhou et al. 2026, eq. 10/11; module docstring), as a denoiser ``D = x + sigma^2 s*``.
+    """Exact pointwise optimum ``f*(x)`` of a sigma-blind network trained with the tempered objective
+    (Zhou et al. 2026, eq. 10/11; module docstring), as a denoiser: ``D = x + sigma^2 f*`` (score ``f*``,
+    ``conditioning="unconditional"``, eq. 9) or ``D = x + sigma f*`` (score ``f* / sigma``,
+    ``"multiplicative"``: the released code's ``scale_by_sigma`` network).
 
     Args:
         data: training set ``(N, *data_shape)``; the model follows its dtype and device.
@@ -142,6 +152,7 @@ class TemperedOptimum(AnalyticDenoiser):
         k: neighbours per training point (itself included).
         variant: ``"paper"`` or ``"code"`` (module docstring).
         features: neighbour space (``None``: pixel space).
+        conditioning: ``"unconditional"`` (score ``f(x)``) or ``"multiplicative"`` (score ``f(x) / sigma``).
         chunk_size: training points ``j0`` per chunk (``None``: automatic); queries are processed
             in chunks of ``query_chunk``.
     """
@@ -159,11 +170,15 @@ class TemperedOptimum(AnalyticDenoiser):
         k: int,
         variant: str = "paper",
         features: Optional[FeatureMap] = None,
+        conditioning: str = "unconditional",
         chunk_size: Optional[int] = None,
         query_chunk: int = 256,
     ) -> None:
         super().__init__()
         check_data("data", data)
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning must be one of {sorted(CONDITIONINGS)}, got {conditioning!r}")
+        self.conditioning, self.q = conditioning, CONDITIONINGS[conditioning]
         self.variant = check_variant(variant)
         self.sigma_c = check_positive("sigma_c", sigma_c, allow_zero=True)
         self.k = int(k)
@@ -233,10 +248,16 @@ class TemperedOptimum(AnalyticDenoiser):
         r2 = sq_distances(xc, pc)  # (B, N)
         lv = self.levels
         low = lv < self.sigma_c
-        # log(sigma_i^2 N(x; mu_j0, sigma_i^2 I)) up to a constant: (2 - d) ln sigma_i - r^2 / (2 sigma_i^2)
-        a = (2.0 - d) * lv.log()
+        # log(lambda c^2 N(x; mu_j0, sigma_i^2 I)) up to a constant, lambda = sigma^2, c = sigma^-q:
+        # (2 - 2q - d) ln sigma_i - r^2 / (2 sigma_i^2); the numerator's terms carry lambda c = sigma^(2-q), one
+        # factor sigma_i^q more (`up`)
+        a = (2.0 - 2 * self.q - d) * lv.log()
+        up = lv**self.q
         inv2 = 0.5 / (lv * lv)
-        chunk = self.chunk_size or max(1, min(n, (1 << 22) // max(1, xf.shape[0] * len(lv) * max(1, self.k))))
+        # the largest per-block tensors: e (L, B, c), the neighbours' distances (B, c, K) and, for the code variant,
+        # its per-level weights (L_low, B, c, K)
+        width = len(lv) * self.k if self.variant == "code" else max(len(lv), self.k)
+        chunk = self.chunk_size or max(1, min(n, (1 << 23) // max(1, xf.shape[0] * width)))
         blocks = [slice(s0, min(n, s0 + chunk)) for s0 in range(0, n, chunk)]
         shift = torch.stack([(a[:, None, None] - r2[None, :, sl] * inv2[:, None, None]).amax(dim=(0, 2)) for sl in blocks]).amax(0)
         coef = torch.zeros_like(r2)
@@ -244,6 +265,7 @@ class TemperedOptimum(AnalyticDenoiser):
         for sl in blocks:
             e = (a[:, None, None] - r2[None, :, sl] * inv2[:, None, None] - shift[None, :, None]).exp()  # (L, B, c)
             denom += e.sum(dim=(0, 2))
+            e = e * up[:, None, None] if self.q else e
             hi_w = (e[~low] / (lv[~low] ** 2)[:, None, None]).sum(0)  # (B, c): plain targets (mu_j0 - x)/sigma_i^2
             coef[:, sl] += hi_w
             if bool(low.any()):
@@ -267,15 +289,16 @@ class TemperedOptimum(AnalyticDenoiser):
         return out
 
     def field(self, x: Tensor) -> Tensor:
-        """``s*(x)``: the sigma-free optimal network output."""
+        """``f*(x)``: the sigma-free optimal network output."""
         return self._field(self._query(x))
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
-        """``D = x + sigma^2 s*`` (unconditional, DESIGN.md §2)."""
+        """``D = x + sigma^2 f*`` (unconditional) or ``x + sigma f*`` (multiplicative), DESIGN.md §2."""
         s = bcast(sigma, x)
-        return x + s * s * self._field(x)
+        return x + (s * s if self.q == 0 else s) * self._field(x)
 
     def score(self, x: Tensor, sigma: SigmaLike) -> Tensor:
-        """``s*(x)`` (sigma is checked and ignored: the network cannot see it)."""
-        x, _ = self.prepare(x, sigma)
-        return self._field(x)
+        """``f*(x)`` (unconditional: sigma is checked and ignored) or ``f*(x) / sigma`` (multiplicative)."""
+        x, s = self.prepare(x, sigma)
+        f = self._field(x)
+        return f if self.q == 0 else f / bcast(s, x)

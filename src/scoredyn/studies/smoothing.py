@@ -9,7 +9,11 @@ The paper's two *training* methods, as it defines them, at our scale:
    ``T = max(sigma_c / sigma*, 1)``): a conditional (EDM), an unconditional and a tempered unconditional
    network, all sampled with Song et al.'s predictor-corrector sampler (SDE) and its probability-flow
    form (PC-ODE), as in the paper's Table 1; the exact optima of the three objectives
-   (``Empirical``, ``NoiseAgnostic(unconditional)``, ``TemperedOptimum``) as zero-loss references.
+   (``Empirical``, ``NoiseAgnostic``, ``TemperedOptimum``) as zero-loss references.
+   The sigma-blind networks output a score ``f(x) / sigma`` by default (``SmoothingConfig.blind``: the
+   released code's NCSN++ with ``conditional=False, scale_by_sigma=True``); eq. 9's literal score ``f(x)``
+   is kept as an option, and its exact optimum's PC samples (which stay off the data: smoothing.2e,
+   :func:`_blind_optima`) are reported beside the released code's.
    Measures: copy fraction (Gu et al.'s 1/3 rule), FID(G, train) / FID(G, test) with equal-size
    references (``metrics.fid_train_test``), and the paper's Table 1 beside ours.
 3. The expansion factor ``gamma_ex`` (§3.2, Fig. 4) of the empirical, unconditional and tempered
@@ -17,8 +21,8 @@ The paper's two *training* methods, as it defines them, at our scale:
 4. Whether the sigma-domination approximation (eq. 5) matches the unconditional optimum's weights.
 5. Extension (not the paper's method): tempering the empirical score's Gaussian logits at sampling time.
 
-Claims are declared once (``REGISTRY``); trained networks pass the quality gate or the claims
-resting on them are inconclusive.
+Claims are declared once (``REGISTRY``); trained networks pass the quality gate (on their PC (SDE)
+samples) or the claims resting on them are inconclusive.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from .stages import Context
 TITLE = "Zhou et al. (2026): smoothing the score for generalization"
 PAPERS = ("X. Zhou, J. Zhang, S. J. Wright, Smoothing the Score Function for Generalization in Diffusion Models: "
           "An Optimization-based Explanation Framework, arXiv:2601.19285 (2026), CVPR 2026")
-VERSION = 4  # bump when a stage's output changes in a way its configuration does not show
+VERSION = 5  # bump when a stage's output changes in a way its configuration does not show
 MODELS = ("conditional (EDM)", "unconditional", "tempered unconditional")
 SAMPLERS = ("PC (SDE)", "PC-ODE")
 
@@ -172,47 +176,54 @@ def _empirical(cfg: SmoothingConfig, ctx: Context, im: _Images) -> EmpiricalRuns
 
 def _train_all(cfg: SmoothingConfig, ctx: Context, im: _Images) -> dict[str, Trained]:
     """The three networks (cached training stages): EDM on log-normal sigma, unconditional and tempered
-    unconditional on the discrete geometric levels with lambda = sigma^2 (the paper's setting)."""
+    unconditional (sigma-blind, ``cfg.blind``) on the discrete geometric levels with lambda = sigma^2 (the
+    paper's setting)."""
     out = {}
-    for name, cond, temp in (("edm", "edm", None), ("unconditional", "unconditional", None),
-                             ("tempered", "unconditional", _tempering(cfg))):
+    for name, cond, temp in (("edm", "edm", None), ("unconditional", cfg.blind, None),
+                             ("tempered", cfg.blind, _tempering(cfg))):
         dist = "lognormal" if cond == "edm" else "geometric"
         out[name] = train_checkpoints(
             ctx, f"smoothing.train_{name}", _base(cfg, ctx), net_spec(cfg.net, im.shape, cond), im.train, cfg.net,
-            [cfg.net.steps], sigma_dist=dist, sigma_min=cfg.sigma_min, sigma_max=im.sigma_max,
+            _checkpoints(cfg), sigma_dist=dist, sigma_min=cfg.sigma_min, sigma_max=im.sigma_max,
             levels=cfg.n_levels if dist == "geometric" else None, tempering=temp)
     return out
+
+
+def _checkpoints(cfg: SmoothingConfig) -> list[int]:
+    """The training steps at which each network's objective is measured (the loss curve); the last is the network."""
+    return sorted({s for s in cfg.loss_checkpoints if s < cfg.net.steps} | {cfg.net.steps})
 
 
 def _optimum(cfg: SmoothingConfig, im: _Images, i: int) -> Any:
     if i == 0:
         return Empirical(im.train)
     if i == 1:
-        return NoiseAgnostic(im.train, conditioning="unconditional", levels=im.levels)
-    return TemperedOptimum(im.train, levels=im.levels, sigma_c=cfg.sigma_c, k=cfg.k, variant=cfg.variant)
+        return NoiseAgnostic(im.train, conditioning=cfg.blind, levels=im.levels)
+    return TemperedOptimum(im.train, levels=im.levels, sigma_c=cfg.sigma_c, k=cfg.k, variant=cfg.variant,
+                           conditioning=cfg.blind)
 
 
 @dataclass
 class NetRuns:
-    """One network: both PC samplers, its exact optimum with PC (SDE), the gate and the objective's values."""
+    """One network: both PC samplers, its exact optimum with PC (SDE), the gate (on its PC (SDE) samples) and
+    the objective's values."""
 
     sde: Measure
     ode: Measure
     optimum: Measure
-    gate_sampler: str
     s_sde: Tensor
     s_ode: Tensor
     s_optimum: Tensor
     gate: GateNumbers
     loss_net: float
     loss_optimum: float
-    fix: Optional[Measure] = None
+    loss_curve: list[float]  # the objective at _checkpoints(cfg), the last = loss_net
 
 
 def _objective(cfg: SmoothingConfig, ctx: Context, im: _Images, models: list[Any], i: int) -> list[float]:
-    """Network ``i``'s training objective (tempered for the tempered one) for each of ``models`` at 4096 fixed
-    draws of its training law (``scoredyn.train.loss`` in denoiser form)."""
-    n = 4096
+    """Network ``i``'s training objective (tempered for the tempered one) for each of ``models`` at
+    ``cfg.n_loss_draws`` fixed draws of its training law (``scoredyn.train.loss`` in denoiser form)."""
+    n = cfg.n_loss_draws
     g = torch.Generator().manual_seed(ctx.seed + 1000 + i)
     idx = torch.randint(im.train.shape[0], (n,), generator=g)
     if i == 0:
@@ -226,7 +237,7 @@ def _objective(cfg: SmoothingConfig, ctx: Context, im: _Images, models: list[Any
     if i == 2:
         temp = _tempering(cfg)
         target = temp.denoiser_target(x, sigma, x0, im.train[temp.neighbours(im.train)[idx.to(ctx.device)]])
-    w = train.loss_weight(WEIGHTING["edm" if i == 0 else "unconditional"], sigma, 0.5)
+    w = train.loss_weight(WEIGHTING["edm" if i == 0 else cfg.blind], sigma, 0.5)
     out = []
     for model in models:
         with torch.no_grad():
@@ -238,7 +249,8 @@ def _objective(cfg: SmoothingConfig, ctx: Context, im: _Images, models: list[Any
 
 def _methods(cfg: SmoothingConfig, ctx: Context, im: _Images, trained: dict[str, Trained]) -> list[NetRuns]:
     conf = {**_base(cfg, ctx), "net": cfg.net, "tempering": _tempering(cfg).as_dict(), "n_ref": cfg.n_reference_samples,
-            "n_net": cfg.n_net_samples}
+            "n_net": cfg.n_net_samples, "blind": cfg.blind, "n_loss_draws": cfg.n_loss_draws,
+            "loss_checkpoints": _checkpoints(cfg)}
     out = []
     for i, key in enumerate(trained):
         def work(i: int = i, key: str = key) -> NetRuns:
@@ -252,22 +264,57 @@ def _methods(cfg: SmoothingConfig, ctx: Context, im: _Images, trained: dict[str,
             nr = cfg.n_reference_samples  # the optimum's cost grows with the training set: fewer samples
             xr = sample.pc(opt, x0[:nr], im.pc_grid, seeds=sd[:nr], progress=ctx.progress, **opts["PC (SDE)"])
             loss_net, loss_opt = _objective(cfg, ctx, im, [net, opt], i)
-            # the gate asks whether the network learned the data: an unconditional network is judged on the
-            # sampler that brings even its exact optimum to the data (unconditional_ode with the nearest-neighbour
-            # noise estimate, DESIGN §8), the conditional one on PC (SDE); the claims then measure the PC samplers
-            xg, fix, how = xs, None, "PC (SDE)"
-            if i > 0:
-                karras = sample.sigmas_karras(cfg.heun_steps, sigma_min=cfg.sigma_min, sigma_max=im.sigma_max)
-                xg = sample.unconditional_ode(net, x0, karras, data=im.train, progress=ctx.progress)
-                fix, how = _measure(xg, im, cfg, ctx), "unconditional_ode (nearest-neighbour noise estimate)"
-            # (no loss gap in the gate: a Gaussian baseline of the unconditional objective is not defined; the
-            # objective's excess over the exact optimum is reported beside it)
-            gate = gate_numbers(xg, im.train, im.heldout, seed=ctx.seed, fid_net=im.fid_net)
-            return NetRuns(_measure(xs, im, cfg, ctx), _measure(xo, im, cfg, ctx), _measure(xr, im, cfg, ctx), how,
-                           xs, xo, xr, gate, loss_net, loss_opt, fix)
+            curve = [_objective(cfg, ctx, im, [load_checkpoint(trained[key], s, ctx.device, im.shape)], i)[0]
+                     for s in _checkpoints(cfg)[:-1]] + [loss_net]
+            # the gate judges every network on the claims' own sampler, PC (SDE) (no loss gap in the gate: a
+            # Gaussian baseline of the unconditional objective is not defined; the objective's excess over the
+            # exact optimum is reported beside it)
+            gate = gate_numbers(xs, im.train, im.heldout, seed=ctx.seed, fid_net=im.fid_net)
+            return NetRuns(_measure(xs, im, cfg, ctx), _measure(xo, im, cfg, ctx), _measure(xr, im, cfg, ctx),
+                           xs, xo, xr, gate, loss_net, loss_opt, curve)
 
         out.append(ctx.stages.run(f"smoothing.sample_{key}", conf, work, version=VERSION, result_type=NetRuns))
     return out
+
+
+@dataclass
+class BlindOptima:
+    """The exact optima of the two sigma-blind parameterisations (no tempering) under the PC samplers:
+    ``rows[p][k]`` for parameterisation ``BLIND[p]`` and sampler ``BLIND_SAMPLERS[k]``; ``own_sigma`` = the
+    median distance to the nearest training point / sqrt(d), the state's own noise level at the end."""
+
+    rows: list[list[Measure]]
+    own_sigma: list[list[float]]
+
+
+BLIND = ("unconditional", "multiplicative")
+BLIND_NAMES = ("score f(x) (eq. 9)", "score f(x) / sigma (released code: scale_by_sigma)")
+BLIND_SAMPLERS = ("PC (SDE)", "predictor only (reverse diffusion)", "PC-ODE")
+
+
+def _blind_optima(cfg: SmoothingConfig, ctx: Context, im: _Images) -> BlindOptima:
+    """Whether PC brings the exact optimum of each sigma-blind objective to the data (the paper's §A.7.2: SDE
+    sampling of an unconditional model is stable). Eq. 9's field ``grad log p_MN`` pulls a state toward the
+    nearest training point with the strength of the state's *own* noise level ``sigma* = r / sqrt(d)``, not
+    the schedule's: a predictor step removes about ``(sigma_i^2 - sigma_{i+1}^2)`` from ``sigma*^2`` whatever
+    ``sigma*`` is, so an excess ``sigma*^2 - sigma_i^2`` is never contracted (it is for a conditional score and
+    for ``f(x) / sigma``), and the Langevin corrector (step ``~ sigma*^2``) samples p_MN, which grows it."""
+    conf = {**_base(cfg, ctx), "n_ref": cfg.n_reference_samples}
+
+    def work() -> BlindOptima:
+        nr = cfg.n_reference_samples
+        x0 = start_noise(ctx, cfg.streams.starts, nr, im.shape, im.sigma_max)
+        sd = seeds(ctx.seed, cfg.streams.sde_noise, nr)
+        opts = [{"snr": cfg.snr, "n_corrector": 1}, {"n_corrector": 0}, {"probability_flow": True, "n_corrector": 0}]
+        out = BlindOptima([], [])
+        for cond in BLIND:
+            opt = NoiseAgnostic(im.train, conditioning=cond, levels=im.levels)
+            xs = [sample.pc(opt, x0, im.pc_grid, seeds=sd, progress=ctx.progress, **o) for o in opts]
+            out.rows.append([_measure(x, im, cfg, ctx) for x in xs])
+            out.own_sigma.append([float(nearest(x, im.train).median()) / math.sqrt(im.dim) for x in xs])
+        return out
+
+    return ctx.stages.run("smoothing.blind_optima", conf, work, version=VERSION, result_type=BlindOptima)
 
 
 # ------------------------------------------------------------------------ 3. gamma_ex (Fig. 4)
@@ -283,7 +330,8 @@ class Expansion:
 
 
 def _expansion(cfg: SmoothingConfig, ctx: Context, im: _Images, trained: dict[str, Trained]) -> Expansion:
-    conf = {**_base(cfg, ctx), "net": cfg.net, "tempering": _tempering(cfg).as_dict(), "ratio": cfg.gamma_ratio,
+    conf = {**_base(cfg, ctx), "net": cfg.net, "tempering": _tempering(cfg).as_dict(), "blind": cfg.blind,
+            "ratio": cfg.gamma_ratio,
             "n_sigma": cfg.gamma_points}
 
     def work() -> Expansion:
@@ -374,6 +422,7 @@ def run(cfg: SmoothingConfig, ctx: Context) -> StudyReport:
     emp = _empirical(cfg, ctx, im)
     trained = _train_all(cfg, ctx, im)
     runs = _methods(cfg, ctx, im, trained)
+    blind = _blind_optima(cfg, ctx, im)
     gex = _expansion(cfg, ctx, im, trained)
     dom = _domination(cfg, ctx, im)
     ext = _sampling_time(cfg, ctx, im)
@@ -419,18 +468,26 @@ def run(cfg: SmoothingConfig, ctx: Context) -> StudyReport:
         {"quality_sde_over_conditional": _ratio(unc.sde.fid_of("fid_test"), cond.sde.fid_of("fid_test")),
          "quality_ode_over_sde": _ratio(unc.ode.fid_of("fid_test"), unc.sde.fid_of("fid_test"))}, networks=gates[:2],
         note="the paper (CIFAR-10): 7.34 / 6.56 = 1.12 and 8.88 / 7.34 = 1.21")
+    pc_sde = BLIND_SAMPLERS.index("PC (SDE)")
+    c2e = R["smoothing.2e"].judge(
+        {"nn_eq9": blind.rows[BLIND.index("unconditional")][pc_sde].nn_median,
+         "nn_scale_by_sigma": blind.rows[BLIND.index("multiplicative")][pc_sde].nn_median,
+         "nn_heldout": emp.heldout_nn_median},
+        note=f"own noise level |x - nearest| / sqrt(d) at the end: "
+             f"{sig(blind.own_sigma[BLIND.index('unconditional')][pc_sde])} (eq. 9) vs sigma_min = {cfg.sigma_min}; "
+             "table 'The exact optima of the two sigma-blind objectives'")
     rows = []
     for name, r in zip(MODELS, runs):
         rows += [[f"{name} network", "PC (SDE)", *r.sde.cols()], [f"{name} network", "PC-ODE", *r.ode.cols()]]
-        if r.fix is not None:
-            rows.append([f"{name} network", "unconditional_ode (gate sampler)", *r.fix.cols()])
         rows.append([f"{name}: exact optimum (zero loss)", "PC (SDE)", *r.optimum.cols()])
     rows.append(["training set itself", "-", *emp.train_itself.cols()])
     t2 = Table("smoothing_methods", "The paper's methods at our scale (Table 1's measures)",
                ["model", "sampler", "copy frac.", "NN median", "FID(G, train)", "FID(G, test)", "FID test/train"], rows,
                f"Networks: {arch.upper()} ({cfg.net.steps} steps, batch {cfg.net.batch_size}; {cfg.n_net_samples} "
                f"samples each, the first of the same seeds). The unconditional "
-               f"networks train on {cfg.n_levels} geometric levels (uniform, lambda = sigma^2, as the paper); the "
+               f"networks never see sigma (output parameterisation '{cfg.blind}'"
+               f"{': score f(x) / sigma, as the released code' if cfg.blind == 'multiplicative' else ': score f(x), eq. 9'}"
+               f") and train on {cfg.n_levels} geometric levels (uniform, lambda = sigma^2, as the paper); the "
                f"tempered one toward eq. 10's target below sigma_c = {cfg.sigma_c} with K = {cfg.k} pixel-space "
                f"neighbours (variant '{cfg.variant}'); the EDM one on EDM's log-normal sigma. FID on the project's "
                f"{cfg.data} classifier features against equal-size references (a class-balanced train subset the size "
@@ -438,11 +495,33 @@ def run(cfg: SmoothingConfig, ctx: Context) -> StudyReport:
                "samples.")
     tl = Table("smoothing_objective", "Each network's training objective against its exact optimum's (the zero-loss "
                "reference) and the quality gate",
-               ["network", "loss (network)", "loss (exact optimum)", "excess / optimum", "gate sampler", "gate"],
+               ["network", "loss (network)", "loss (exact optimum)", "excess / optimum", "gate (PC (SDE) samples)"],
                [[f"{n} network", r.loss_net, r.loss_optimum, (r.loss_net - r.loss_optimum) / r.loss_optimum,
-                 r.gate_sampler, g.reason] for n, r, g in zip(MODELS, runs, gates)],
-               "4096 fixed draws of each network's training law; the optima are Empirical (EDM), "
-               "NoiseAgnostic(unconditional) and TemperedOptimum on the same levels.")
+                 g.reason] for n, r, g in zip(MODELS, runs, gates)],
+               f"{cfg.n_loss_draws} fixed draws of each network's training law; the optima are Empirical (EDM), "
+               f"NoiseAgnostic({cfg.blind}) and TemperedOptimum(conditioning={cfg.blind!r}) on the same levels. "
+               "Every network is gated on its PC (SDE) samples, the claims' sampler.")
+    steps = _checkpoints(cfg)
+    tc = Table("smoothing_loss_curve", "Each network's training objective on the same fixed draws at its checkpoints "
+               "(is it at a plateau?)",
+               ["network", *[f"step {s}" for s in steps], "last doubling: relative change"],
+               [[f"{n} network", *r.loss_curve,
+                 (r.loss_curve[-1] - r.loss_curve[-2]) / r.loss_curve[-2] if len(steps) > 1 and
+                 steps[-2] * 2 == steps[-1] else "n/a"] for n, r in zip(MODELS, runs)],
+               "EMA weights; the objective of the table above; a plateau shows as a last-doubling change near 0.")
+    tb = Table("smoothing_blind_optima", "The exact optima of the two sigma-blind objectives (no tempering) under the "
+               "PC samplers: does SDE sampling of an unconditional model reach the data (the paper's §A.7.2)?",
+               ["network output", "sampler", "own sigma at the end", "copy frac.", "NN median", "FID(G, train)",
+                "FID(G, test)", "FID test/train"],
+               [[BLIND_NAMES[p], BLIND_SAMPLERS[k], blind.own_sigma[p][k], *blind.rows[p][k].cols()]
+                for p in range(len(BLIND)) for k in range(len(BLIND_SAMPLERS))],
+               f"NoiseAgnostic on the {cfg.n_levels} training levels, {cfg.n_reference_samples} samples from the same "
+               f"seeds, the grid of section 1 ({cfg.pc_steps} levels then 0). Own sigma = median distance to the "
+               f"nearest training point / sqrt(d) after the last step (held-out images: "
+               f"{sig(emp.heldout_nn_median / math.sqrt(im.dim))}). Eq. 9's field pulls with the strength of the "
+               "state's own noise level, not the schedule's, so an excess of the first over the second is never "
+               "contracted and the samples stay off the data; dividing the output by sigma (the released code's "
+               f"network) restores the contraction. The networks of this section use '{cfg.blind}'.")
     tp = Table("smoothing_paper_table1", "The paper's Table 1 (Inception FID, pixel-space KNN), for comparison",
                ["data", "sampler", "setting", "FID(G, train)", "FID(G, test)", "test/train"],
                [[a, b, c, tr, te, te / tr] for a, b, c, tr, te in PAPER_TABLE1])
@@ -460,7 +539,7 @@ def run(cfg: SmoothingConfig, ctx: Context) -> StudyReport:
                 "PC samplers and of the exact optima of their objectives; last panel: training images.", figure_png(fig))
     sec2 = Section("2. Noise unconditioning and temperature smoothing (trained networks)",
                    "The paper's two training methods and the exact zero-loss optima of their objectives, sampled with "
-                   "Song et al.'s predictor-corrector samplers as in its Table 1.", [c2a, c2b, c2c, c2d], [t2, tl, tp],
+                   "Song et al.'s predictor-corrector samplers as in its Table 1.", [c2a, c2b, c2c, c2d, c2e], [t2, tl, tc, tb, tp],
                    [f2])
 
     # 3 ----------------------------------------------------------------------------------------
