@@ -3,18 +3,21 @@
 Samples: MNIST test images plus noisy copies of training images (so copies exist); training set:
 MNIST train (d = 784), both from ../shared/data when present, else uniform random data of the same
 shape. Each method runs in a fresh subprocess, so its peak memory (CPU: peak RSS above the RSS
-after loading the data; CUDA: ``torch.cuda.max_memory_allocated``) is its own. Times are medians of
-repeats. The accuracy columns compare each method's nearest-neighbour ratio with float64 distances
+after loading the data; CUDA: ``torch.cuda.max_memory_allocated``) is its own. The subprocesses of
+the two methods alternate over ``--rounds`` rounds (so a change of the machine's load hits both);
+a time is the median over rounds of each subprocess's median of ``--repeats`` calls. The accuracy columns compare each method's nearest-neighbour ratio with float64 distances
 from direct differences on a subset of queries.
 
     OMP_NUM_THREADS=1 python bench/metrics.py --quick          # small, for development
     OMP_NUM_THREADS=1 python bench/metrics.py --write          # 10,000 x 60,000; writes bench/RESULTS.md
+    OMP_NUM_THREADS=1 python bench/metrics.py --rounds 5 --repeats 1   # the same, five alternating rounds
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 
 import torch
 
@@ -106,7 +109,7 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
     lines = [
         f"memorization: {args.n_samples:,} samples ({COPY_FRACTION:.0%} noisy copies, noise std {COPY_NOISE:g}) "
         f"vs {args.n_train:,} training points, d = 784, data: {ex['source']}; device {args.device}; "
-        f"median of {args.repeats} repeat(s); {machine()}.",
+        f"median of {args.rounds} alternating round(s) of {args.repeats} repeat(s); {machine()}.",
         "",
         "| method | median time (s) | peak extra memory (MiB) | copy fraction | max abs ratio error | "
         "max rel ratio error on copies | NN index agreement |",
@@ -128,6 +131,8 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
         f"Ratios (naive / exact): time {nv['median_s'] / ex['median_s']:.2f}x, "
         f"peak memory {nv['peak_extra_mib'] / max(ex['peak_extra_mib'], 1e-9):.1f}x. Errors are against float64 "
         f"distances from direct differences on {N_CHECK} evenly spaced queries (copies among them).",
+        f"Per round (s): exact {', '.join(f'{t:.2f}' for t in ex['rounds_s'])}; "
+        f"naive {', '.join(f'{t:.2f}' for t in nv['rounds_s'])}.",
     ]
     return "\n".join(lines)
 
@@ -136,7 +141,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n-samples", type=int, default=10_000)
     p.add_argument("--n-train", type=int, default=60_000)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=1, help="timed calls per subprocess")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of one subprocess per method")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="1,000 x 6,000, for development")
     p.add_argument("--write", action="store_true", help="write the table into bench/RESULTS.md (## Metrics)")
@@ -147,7 +153,10 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.worker, args.n_samples, args.n_train, args.repeats, args.device)))
         return
-    results = [run_worker(m, args) for m in ("exact", "naive", "validation")]
+    rounds = [[run_worker(m, args) for m in ("exact", "naive")] for _ in range(args.rounds)]
+    results = [dict(rounds[0][i], median_s=statistics.median(r[i]["median_s"] for r in rounds),
+                    rounds_s=[r[i]["median_s"] for r in rounds]) for i in range(2)]
+    results.append(run_worker("validation", args))
     text = table(results, args)
     publish(SECTION, text, __file__, args.write)
 

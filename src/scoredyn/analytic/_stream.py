@@ -28,11 +28,11 @@ paths of the CPU (profiled, issue 16): ``exp`` of an argument whose result is su
 matrix product whose terms ``w_i x_i`` are subnormal (1.5x slower). The old clamp at ``log(tiny)``
 hit both in the memorization regime and ran at 0.55 of the matmul rate.
 
-On the CPU :func:`stream_logits` is also *block sparse*: a query's weights over a chunk are all
-below ``eps 2^-20`` (:func:`log_skip`) relative to its largest when the chunk's maximum logit is
-that far below the query's final maximum (so up to 2^20 such points change no sum); the
-second product is then skipped for that (query, chunk) pair (see :func:`stream_logits`), and
-:func:`skip_report` bounds the mass skipped.
+On the CPU :func:`stream_logits` is also *sparse at the entry level*: a weight below ``eps 2^-20``
+(:func:`log_skip`) times its query's running maximum is left out of the second product (up to 2^20
+such points change no sum), which then runs as a CSR x dense product over the live entries of a chunk
+(a few per query from the memorization regime up to about the nearest-neighbour scale), or densely
+where too many are live; :func:`skip_report` bounds the mass left out.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ import contextlib
 import contextvars
 import math
 import mmap
+import warnings
 from typing import Callable, Iterable, Iterator, NamedTuple, Optional
 
 import numpy as np
@@ -118,23 +119,24 @@ def _accumulate(acc: Tensor, shift: Tensor, new: Tensor) -> None:
 
 
 class SkipReport:
-    """What the block-sparse kernel skipped, over the calls made inside :func:`skip_report`.
+    """What the sparse kernel left out, over the calls made inside :func:`skip_report`.
 
-    ``pairs``: (query, chunk) pairs seen; ``skipped``: pairs whose second product was skipped;
-    ``mass``: the largest, over queries and calls, upper bound on the left-out weight relative to the
-    query's total weight (each skipped chunk of ``c`` points adds at most ``c exp(top - shift)``, its
-    top logit against the query's final maximum; a kept chunk multiplied out over its live entries
-    alone adds at most ``c exp(skip)``, :func:`log_skip`); the output's error from leaving weight
-    out is at most ``mass * (max_i |x_i| + |D|)``.
+    ``pairs``: (query, training point) pairs seen; ``skipped``: pairs left out of the second product;
+    ``dense``: (call, chunk) pairs multiplied out densely; ``mass``: the largest, over queries and calls,
+    upper bound on the left-out weight relative to the query's total weight (a pair is left out when its
+    weight is below ``exp(skip)``, :func:`log_skip`, times the query's running maximum weight, which is
+    at most its final one; the bound adds, per query and chunk, the count of left-out pairs times the
+    largest of them); the output's error from leaving weight out is at most ``mass * (max_i |x_i| + |D|)``.
     """
 
     def __init__(self) -> None:
         self.pairs = 0
         self.skipped = 0
+        self.dense = 0
         self.mass = 0.0
 
     def __repr__(self) -> str:
-        return f"SkipReport(pairs={self.pairs}, skipped={self.skipped}, mass<={self.mass:.3g})"
+        return f"SkipReport(pairs={self.pairs}, skipped={self.skipped}, dense={self.dense}, mass<={self.mass:.3g})"
 
 
 _REPORT: contextvars.ContextVar[Optional[SkipReport]] = contextvars.ContextVar("scoredyn_skip_report", default=None)
@@ -142,7 +144,7 @@ _REPORT: contextvars.ContextVar[Optional[SkipReport]] = contextvars.ContextVar("
 
 @contextlib.contextmanager
 def skip_report() -> Iterator[SkipReport]:
-    """Debug mode: collect a :class:`SkipReport` of the block-sparse kernel's calls in this block (costs a little)."""
+    """Debug mode: collect a :class:`SkipReport` of the sparse kernel's calls in this block (costs a little)."""
     rep = SkipReport()
     token = _REPORT.set(rep)
     try:
@@ -151,8 +153,21 @@ def skip_report() -> Iterator[SkipReport]:
         _REPORT.reset(token)
 
 
-PENDING_CHUNKS = 6
-"""Deferred second products are flushed when they hold this many ``B x chunk`` weight matrices."""
+LIVE_BLOCK = 32
+"""Columns per block of the live-entry search: a block's maximum logit is found first (a reduction,
+as fast as one pass over the logits), and only blocks that reach the threshold are compared entry by
+entry (profiled, issue 16: a comparison plus ``nonzero`` over all ``256 x 2048`` logits costs 0.8 ms,
+as much as two ``exp`` passes; block maxima of 32 columns cost 0.08 ms)."""
+
+SPARSE_DENSITY = 1 / 16
+"""Live fraction of a chunk's logits above which its second product is dense: a CSR x dense product
+costs about 0.6 ms at 0.8% live entries against 9.5 ms for the dense one (B=256, 2048 x 800 table
+rows, one thread; 3.4 ms at 3%, 8 ms at 12%)."""
+
+SPARSE_MIN_BATCH = 64
+"""Smallest batch for which :func:`stream_logits` defaults to the sparse path: below it the dozens of
+small tensor operations per chunk of the live-entry search cost more than they save (measured, issue 16:
+0.3-0.7x the dense kernel's speed at B = 1-32 and d = 2-64, 1.2-1.8x at B >= 64 in the memorization regime)."""
 
 
 def logit_queries(x: Tensor, scale: Tensor) -> Tensor:
@@ -173,161 +188,143 @@ def stream_logits(x: Tensor, scale: Tensor, blocks: Iterable[Tensor], sparse: Op
     ``x`` (B, d) queries, ``scale`` (B,) positive (``1 / (sigma^2 T)``), ``blocks`` augmented row
     blocks (:func:`augment`). The logits and the running shift come out of the first matrix product.
 
-    ``sparse`` (default: on the CPU) skips provably negligible second products. A query's weights
-    over a chunk are all below ``exp(skip)`` (:func:`log_skip`) relative to its largest weight when
-    the chunk's top logit is ``skip`` below the query's maximum. The second product of each
-    (query, chunk) pair that is not negligible against the running maximum is deferred with its
-    weights; when the deferred weights are flushed (at the end, or when they hold
-    :data:`PENDING_CHUNKS` chunks' worth), pairs that have become negligible against the maximum
-    seen by then are dropped and the rest are multiplied out; a later chunk where over 3/4 of the
-    queries are live is multiplied at once for all of them (the dense regime; the others' weights
-    are clamped at the floor, as in the dense kernel). In the memorization regime (sigma below the nearest-neighbour spacing)
-    a query keeps about one chunk, so the kernel costs little more than the first product.
-    Skipped mass: :func:`skip_report`. The per-chunk decisions read the live count on the host,
-    a device sync per chunk: accelerators take the dense path (bound by its two products there).
+    ``sparse`` (default: on the CPU for at least :data:`SPARSE_MIN_BATCH` queries) leaves provably
+    negligible entries out of the second product: a weight below ``exp(skip)`` (:func:`log_skip`,
+    float32 ``eps 2^-20``) times the query's running maximum cannot change a sum of up to 2^20 such terms. Where under :data:`SPARSE_DENSITY` of a
+    chunk's weights reach that (the memorization regime and its edge, sigma up to about the
+    nearest-neighbour spacing / sqrt(d): a few live entries per query) the chunk's second product is a
+    CSR x dense product over the live entries alone; a chunk past the first that is denser switches
+    the rest of the call to the dense product (no more checks). Skipped mass: :func:`skip_report`.
+    The density check reads a count on the host (a device sync per chunk): accelerators default to
+    the dense path. Under autodiff (``torch.func.jvp`` / ``jacfwd`` / ``vmap``, forward-mode dual
+    tensors) and in half precision the product is dense: torch's CSR x dense product supports
+    none of them.
     """
     b, d = x.shape
     qa = logit_queries(x, scale)
     if sparse is None:
-        sparse = x.device.type == "cpu"
-    if sparse:
-        return _SparseStream(qa, d).run(blocks)
+        sparse = x.device.type == "cpu" and b >= SPARSE_MIN_BATCH
+    live = _LiveProduct(b, x.dtype, x.device) if sparse and untracked(qa) and x.dtype in _CSR_DTYPES else None
     fl = log_floor(x.dtype)
-    shift = torch.full((b,), -math.inf, dtype=x.dtype, device=x.device)
+    shift: Optional[Tensor] = None
     acc = torch.zeros_like(qa)  # [wsum, sum, (unused)]
-    first = True
     for blk in blocks:
         g = qa @ blk.T  # logits minus the current shift (0 before the first block)
-        delta = g.amax(1)
-        if not first:
-            delta.clamp_min_(0.0)
-        # subtracting the row maximum itself makes the largest weight exactly 1 even when the
-        # logits are so large that shift + delta rounds
-        g.sub_(delta[:, None]).clamp_min_(fl).exp_()
-        if not first:
+        top = g.amax(1)
+        # the increment of the running maximum; subtracting the row maximum itself makes the largest
+        # weight exactly 1 even when the logits are so large that shift + delta rounds
+        delta = top if shift is None else top.clamp_min(0.0)
+        if shift is not None:
             acc.mul_(rescale_factor(-delta, torch.zeros_like(delta))[:, None])
-        acc.addmm_(g, blk)
-        shift = delta if first else shift + delta
-        first = False
+        if live is None or not live.product(acc, g, delta, blk, first=shift is None):
+            acc.addmm_(g.sub_(delta[:, None]).clamp_min_(fl).exp_(), blk)
+        shift = delta if shift is None else shift + delta
         qa[:, d] = -shift
-    if first:
+    if shift is None:
         raise ValueError("no training points to stream over; expected at least one")
+    if live is not None:
+        live.finish(acc[:, d])
     return Partial(shift, acc[:, d : d + 1], acc[:, :d])
 
 
-def _factor(old: Tensor, new: Tensor, dtype: torch.dtype) -> Tensor:
-    """``exp(old - new)`` of float64 offsets, in ``dtype``; exactly 0 below the floor."""
-    arg = old - new
-    return torch.where(arg < log_floor(dtype), torch.zeros_like(arg), arg.exp()).to(dtype)
+def untracked(t: Tensor) -> bool:
+    """Whether no autodiff of any kind (reverse, forward-mode dual, ``torch.func`` transform) tracks ``t``."""
+    return not (t.requires_grad or torch._C._functorch.is_functorch_wrapped_tensor(t)
+                or torch.autograd.forward_ad.unpack_dual(t).tangent is not None)
 
 
-class _SparseStream:
-    """The block-sparse pass of :func:`stream_logits` (CPU): deferred, prunable second products.
+def live_entries(g: Tensor, thr: Tensor, most: int) -> Optional[tuple[Tensor, Tensor, Tensor]]:
+    """Entries of ``g`` (B, c) with ``g >= thr`` (per row): ``(rows, cols, values)`` in row-major order,
+    or ``None`` when there are more than ``most``. Blocks of :data:`LIVE_BLOCK` columns are searched
+    first; where over half of them are live (a few live entries spread over many blocks, as in the
+    transition regime) one comparison over the whole chunk does it."""
+    b, c = g.shape
+    n_blk = c // LIVE_BLOCK
+    head = n_blk * LIVE_BLOCK
+    big = (g[:, :head].reshape(b, n_blk, LIVE_BLOCK).amax(2) >= thr[:, None]).nonzero()
+    if big.shape[0] > most or 10 * big.shape[0] > 9 * b * n_blk:  # each live block holds a live entry;
+        return None  # nearly all blocks live: at least 1/36 of the entries, too dense to gain much (dense regime)
+    if big.shape[0] * LIVE_BLOCK > g.numel() // 2:  # most blocks live: one pass over the whole chunk
+        live = g >= thr[:, None]
+        if int(torch.count_nonzero(live)) > most:  # not live.sum(): that copies the mask to int64 (1.7 ms)
+            return None
+        rows, cols = live.nonzero().unbind(1)
+        return rows, cols, g[rows, cols]
+    rb, cb = big.unbind(1)
+    sub = g[:, :head].reshape(b * n_blk, LIVE_BLOCK).index_select(0, rb * n_blk + cb)
+    i, j = (sub >= thr.index_select(0, rb)[:, None]).nonzero().unbind(1)
+    rows, cols, vals = rb.index_select(0, i), cb.index_select(0, i) * LIVE_BLOCK + j, sub[i, j]
+    if head < c:  # the last columns of a chunk whose width is not a multiple of the block
+        r2, c2 = (g[:, head:] >= thr[:, None]).nonzero().unbind(1)
+        if r2.numel():
+            rows, cols = torch.cat([rows, r2]), torch.cat([cols, c2 + head])
+            vals = torch.cat([vals, g[r2, c2 + head]])
+            order = (rows * c + cols).argsort()
+            rows, cols, vals = rows[order], cols[order], vals[order]
+    return None if rows.numel() > most else (rows, cols, vals)
 
-    Shifts are tracked as float64 offsets ``cum`` (the sum of the per-chunk increments ``delta``) so
-    that rescaling deferred weights by ``exp(cum_then - cum_now)`` is as exact as the dense kernel's
-    chain of ``exp(-delta)`` (a difference of two rounded float32 shifts would lose ``eps |shift|``).
+
+_CSR_WARNED = False
+_CSR_DTYPES = (torch.float32, torch.float64)  # the CPU CSR x dense product has no half-precision kernel
+
+
+def _csr(crow: Tensor, cols: Tensor, vals: Tensor, shape: tuple[int, int]) -> Tensor:
+    """A sparse CSR matrix without torch's one-time "CSR support is in beta" warning (silenced on the first call only)."""
+    global _CSR_WARNED
+    if _CSR_WARNED:
+        return torch.sparse_csr_tensor(crow, cols, vals, shape, check_invariants=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        out = torch.sparse_csr_tensor(crow, cols, vals, shape, check_invariants=False)
+    _CSR_WARNED = True
+    return out
+
+
+class _LiveProduct:
+    """The sparse second product of :func:`stream_logits` (see there), with its :class:`SkipReport` bookkeeping.
+
+    The report tracks each query's shift as a float64 sum of the increments ``cum`` and the
+    log of its left-out weight bound ``lse`` in the same offsets.
     """
 
-    def __init__(self, qa: Tensor, d: int) -> None:
-        b = qa.shape[0]
-        self.qa, self.d, self.fl, self.skip = qa, d, log_floor(qa.dtype), log_skip(qa.dtype)
-        f64 = dict(dtype=torch.float64, device=qa.device)
-        self.acc = torch.zeros_like(qa)  # [wsum, sum, (unused)] relative to acc_cum
-        self.acc_cum = torch.full((b,), -math.inf, **f64)
-        self.pending: list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]] = []  # blk, rows, w, cum then, top
-        self.size = 0
+    def __init__(self, b: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.skip, self.fl, self.dense = log_skip(dtype), log_floor(dtype), False
         self.report = _REPORT.get()
-        self.lse = torch.full((b,), -math.inf, **f64) if self.report is not None else None
-
-    def _skip(self, log_mass: Tensor, rows: Tensor, pairs: bool = True) -> None:
-        """Record left-out weight: at most ``exp(log_mass)`` (in ``cum`` offsets) for each query in ``rows``;
-        ``pairs``: whole (query, chunk) pairs were skipped (counted in the report)."""
-        if self.report is None or rows.numel() == 0:
-            return
-        if pairs:
-            self.report.skipped += rows.numel()
-        lse = self.lse
-        assert lse is not None
-        lse.index_copy_(0, rows, torch.logaddexp(lse.index_select(0, rows), log_mass.double()))
-
-    def _rescale(self, cum: Tensor) -> None:
-        self.acc.mul_(_factor(self.acc_cum, cum, self.acc.dtype)[:, None])
-        self.acc_cum = cum
-
-    def _flush(self, cum: Tensor) -> None:
-        """Multiply out the deferred weights that are not negligible against ``cum``; rescale to it."""
-        self._rescale(cum)
-        for blk, rows, w, then, top in self.pending:
-            now = cum.index_select(0, rows)
-            keep = top - now >= self.skip
-            if not bool(keep.all()):
-                self._skip(top[~keep] + math.log(blk.shape[0]), rows[~keep])
-                rows, w, then, now = rows[keep], w[keep], then[keep], now[keep]
-                if rows.numel() == 0:
-                    continue
-            # product first, rescale after: the weights stay >= exp(floor) (no subnormal terms)
-            part = self._product(w, blk, rows, then).mul_(_factor(then, now, w.dtype)[:, None])
-            self.acc.index_add_(0, rows, part)
-        self.pending, self.size = [], 0
-
-    def _product(self, w: Tensor, blk: Tensor, rows: Tensor, then: Tensor) -> Tensor:
-        """``w @ blk``, or, when under 1/64 of the weights are above ``exp(skip)`` (the memorization regime,
-        where a kept chunk usually holds one live point), the sum over those entries alone."""
-        cut = math.exp(self.skip)
-        live = w > cut
-        n = int(live.sum())
-        if 64 * n >= live.numel():  # a gathered term costs about as much as 30-60 multiply-adds
-            return w @ blk
-        # the weights left out are at most exp(skip) each, relative to the offset ``then``
-        self._skip(then + math.log(blk.shape[0] * cut), rows, pairs=False)
-        r, c = live.nonzero().unbind(1)
-        terms = blk.index_select(0, c).mul_(w[r, c][:, None])
-        return torch.zeros(w.shape[0], blk.shape[1], dtype=w.dtype, device=w.device).index_add_(0, r, terms)
-
-    def run(self, blocks: Iterable[Tensor]) -> Partial:
-        qa, d, fl = self.qa, self.d, self.fl
-        b = qa.shape[0]
-        shift: Optional[Tensor] = None
-        cum = torch.zeros(b, dtype=torch.float64, device=qa.device)
-        for blk in blocks:
-            g = qa @ blk.T  # logits minus the current shift (0 before the first block)
-            top = g.amax(1)  # the chunk's top logit, relative
-            delta = top if shift is None else top.clamp_min(0.0)
-            live = (top - delta) >= self.skip
-            if shift is not None:
-                cum = cum + delta.double()
-            top_c = cum + (top - delta).double()  # the chunk's top in cum offsets
-            if self.report is not None:
-                self.report.pairs += b
-            n_live = int(live.sum())  # host sync: the CPU path only
-            if 4 * n_live > 3 * b and shift is not None:  # most queries live past the first chunk: dense
-                g.sub_(delta[:, None]).clamp_min_(fl).exp_()
-                self._rescale(cum)
-                self.acc.addmm_(g, blk)
-                n_live = 0
-            elif n_live == b:  # the first chunk: defer its weights (no copy); most die in the sparse regime
-                rows = torch.arange(b, device=qa.device)
-                w = g.sub_(delta[:, None]).clamp_min_(fl).exp_()
-            else:
-                rows = live.nonzero()[:, 0]
-                dead = (~live).nonzero()[:, 0]
-                self._skip(top_c.index_select(0, dead) + math.log(blk.shape[0]), dead)
-                w = g.index_select(0, rows).sub_(delta.index_select(0, rows)[:, None]).clamp_min_(fl).exp_()
-            if n_live:
-                self.pending.append((blk, rows, w, cum.index_select(0, rows), top_c.index_select(0, rows)))
-                self.size += w.numel()
-            shift = delta if shift is None else shift + delta
-            qa[:, d] = -shift
-            if self.size >= PENDING_CHUNKS * b * blk.shape[0]:
-                self._flush(cum)
-        if shift is None:
-            raise ValueError("no training points to stream over; expected at least one")
-        self._flush(cum)
         if self.report is not None:
-            bound = (self.lse - cum).exp() / self.acc[:, d].double()  # type: ignore[operator]
+            self.cum = torch.zeros(b, dtype=torch.float64, device=device)
+            self.lse = torch.full((b,), -math.inf, dtype=torch.float64, device=device)
+
+    def product(self, acc: Tensor, g: Tensor, delta: Tensor, blk: Tensor, first: bool) -> bool:
+        """``acc += exp(g - delta) @ blk`` over the live entries of ``g``; ``False`` (nothing done) when dense."""
+        b, c = g.shape
+        rep = self.report
+        if rep is not None:
+            self.cum = delta.double() if first else self.cum + delta.double()
+            rep.pairs += g.numel()
+        found = None if self.dense else live_entries(g, delta + self.skip, int(g.numel() * SPARSE_DENSITY))
+        if found is None:
+            self.dense = not first  # past the first chunk (whose running maximum is its own) dense stays dense
+            if rep is not None:
+                rep.dense += 1
+            return False
+        rows, cols, vals = found
+        vals.sub_(delta.index_select(0, rows)).clamp_min_(self.fl).exp_()
+        counts = torch.bincount(rows, minlength=b)
+        crow = torch.zeros(b + 1, dtype=torch.long, device=g.device)
+        torch.cumsum(counts, 0, out=crow[1:])
+        acc.addmm_(_csr(crow, cols, vals, (b, c)), blk)
+        if rep is not None:  # each left-out weight is at most its row's largest left-out one
+            left = (c - counts).double()
+            rep.skipped += int(left.sum())
+            top_left = torch.where(g < (delta + self.skip)[:, None], g, -math.inf).amax(1) - delta
+            self.lse = torch.logaddexp(self.lse, left.log() + top_left.double() + self.cum)
+        return True
+
+    def finish(self, total: Tensor) -> None:
+        """Record the left-out mass bound against each query's total weight ``total`` (relative to its final shift)."""
+        if self.report is not None:
+            bound = (self.lse - self.cum).exp() / total.double()
             self.report.mass = max(self.report.mass, float(bound.max()))
-        return Partial(shift, self.acc[:, d : d + 1], self.acc[:, :d])
 
 
 def stream_pairs(x: Tensor, blocks: Iterable[Tensor], pair_fn: PairFn) -> Partial:
