@@ -341,17 +341,23 @@ def stream_pairs(x: Tensor, blocks: Iterable[Tensor], pair_fn: PairFn) -> Partia
     qa[:, d + 1] = -2.0
     shift = torch.full((b,), -math.inf, dtype=x.dtype, device=x.device)
     acc: Optional[Tensor] = None
+    fused = getattr(pair_fn, "weights", None)
     for blk in blocks:
-        q = (qa @ blk.T).clamp_min_(0.0)
-        logit, rho = pair_fn(q)
+        q = qa @ blk.T
+        out = None if fused is None else fused(q, shift)
+        if out is not None:
+            new, w, wr = out
+        else:
+            logit, rho = pair_fn(q.clamp_min_(0.0))
+            new = torch.maximum(shift, logit.amax(1))
+            w = logit.sub_(new[:, None]).clamp_min_(lt).exp_()
+            wr = None if rho is None else (w * rho).sum(1)
         if acc is None:
-            acc = torch.zeros(b, qa.shape[1] + (rho is not None), dtype=x.dtype, device=x.device)
-        new = torch.maximum(shift, logit.amax(1))
-        w = logit.sub_(new[:, None]).clamp_min_(lt).exp_()
+            acc = torch.zeros(b, qa.shape[1] + (wr is not None), dtype=x.dtype, device=x.device)
         _accumulate(acc, shift, new)
         acc[:, : qa.shape[1]].addmm_(w, blk)
-        if rho is not None:
-            acc[:, -1] += (w * rho).sum(1)
+        if wr is not None:
+            acc[:, -1] += wr
         shift = new
     if acc is None:
         raise ValueError("no training points to stream over; expected at least one")
