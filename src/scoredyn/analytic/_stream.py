@@ -288,7 +288,7 @@ class _LiveProduct:
     """
 
     def __init__(self, b: int, dtype: torch.dtype, device: torch.device) -> None:
-        self.skip, self.fl, self.dense = log_skip(dtype), log_floor(dtype), False
+        self.skip, self.fl, self.dense, self.seen = log_skip(dtype), log_floor(dtype), False, 0
         self.report = _REPORT.get()
         if self.report is not None:
             self.cum = torch.zeros(b, dtype=torch.float64, device=device)
@@ -320,6 +320,34 @@ class _LiveProduct:
             self.lse = torch.logaddexp(self.lse, left.log() + top_left.double() + self.cum)
         return True
 
+    def search(self, g: Tensor, thr: Tensor) -> Optional[tuple[Tensor, Tensor, Tensor]]:
+        """:func:`live_entries` of ``g`` against ``thr`` (B,) with the dense bookkeeping of :meth:`product`."""
+        rep = self.report
+        if rep is not None:
+            rep.pairs += g.numel()
+        found = None if self.dense else live_entries(g, thr, int(g.numel() * SPARSE_DENSITY))
+        self.seen += 1
+        if found is None:
+            self.dense = self.seen > 1  # as in product(): past the first chunk, dense stays dense
+            if rep is not None:
+                rep.dense += 1
+        return found
+
+    def product_entries(self, acc: Tensor, rows: Tensor, cols: Tensor, vals: Tensor, blk: Tensor, shift: Tensor,
+                        top_left: Tensor) -> None:
+        """``acc += W @ blk`` for the sparse weights ``W[rows, cols] = vals`` (relative to ``exp(shift)``, the
+        running maximum); every left-out weight of row ``r`` is at most ``exp(top_left[r])``."""
+        b, c = acc.shape[0], blk.shape[0]
+        counts = torch.bincount(rows, minlength=b)
+        crow = torch.zeros(b + 1, dtype=torch.long, device=acc.device)
+        torch.cumsum(counts, 0, out=crow[1:])
+        acc.addmm_(_csr(crow, cols, vals, (b, c)), blk)
+        if self.report is not None:
+            self.cum = shift.double()
+            left = (c - counts).double()
+            self.report.skipped += int(left.sum())
+            self.lse = torch.logaddexp(self.lse, left.log() + top_left.double() + self.cum)
+
     def finish(self, total: Tensor) -> None:
         """Record the left-out mass bound against each query's total weight ``total`` (relative to its final shift)."""
         if self.report is not None:
@@ -327,11 +355,18 @@ class _LiveProduct:
             self.report.mass = max(self.report.mass, float(bound.max()))
 
 
-def stream_pairs(x: Tensor, blocks: Iterable[Tensor], pair_fn: PairFn) -> Partial:
+def stream_pairs(x: Tensor, blocks: Iterable[Tensor], pair_fn: PairFn, sparse: Optional[bool] = None) -> Partial:
     """Softmax with logits ``l_i = pair_fn(|x - x_i|^2)``, optionally with a per-pair factor ``rho_i``.
 
     The squared distances come from one matrix product (``|x|^2`` folded in); ``sums`` has a
-    second column ``sum exp(l - shift) rho`` when ``pair_fn`` returns a factor.
+    second column ``sum exp(l - shift) rho`` when ``pair_fn`` returns a factor. A ``pair_fn`` with methods
+    ``plan(q_min, shift)`` (``q_min`` the running smallest squared distance; ``None``: the call above for this chunk), ``dense_weights(-q, plan)`` and
+    ``entry_weights(q, rows, plan)`` (both ``-> (weights, row sums of weights * rho or None)``) computes a
+    chunk's weights itself from a per-query plan (the level windows of
+    :class:`~scoredyn.analytic.noise_agnostic.NoiseAgnostic`): ``plan.shift`` the new running maximum logit,
+    ``plan.q_thr`` beyond which every weight is below ``exp(plan.gap)`` (``<= exp(log_skip)``) relative to
+    it. ``sparse`` (default as in :func:`stream_logits`) then runs the second product over the entries
+    nearer than ``q_thr`` alone where they are few, their weights computed for them only (:func:`skip_report`).
     """
     b, d = x.shape
     lt = log_floor(x.dtype)
@@ -341,26 +376,46 @@ def stream_pairs(x: Tensor, blocks: Iterable[Tensor], pair_fn: PairFn) -> Partia
     qa[:, d + 1] = -2.0
     shift = torch.full((b,), -math.inf, dtype=x.dtype, device=x.device)
     acc: Optional[Tensor] = None
-    fused = getattr(pair_fn, "weights", None)
+    planner = getattr(pair_fn, "plan", None)
+    if sparse is None:
+        sparse = x.device.type == "cpu" and b >= SPARSE_MIN_BATCH
+    live = _LiveProduct(b, x.dtype, x.device) if sparse and untracked(qa) and x.dtype in _CSR_DTYPES else None
+    qa.neg_()  # the product gives -|x - x_i|^2: larger is nearer, as the live-entry search expects
+    width = qa.shape[1]
+    qrun: Optional[Tensor] = None
     for blk in blocks:
-        q = qa @ blk.T
-        out = None if fused is None else fused(q, shift)
-        if out is not None:
-            new, w, wr = out
+        g = qa @ blk.T
+        if planner is not None:  # the running smallest squared distance: its logit is the running maximum
+            cmin = g.amax(1).neg_().clamp_min_(0.0)
+            qrun = cmin if qrun is None else torch.minimum(qrun, cmin)
+        plan = None if planner is None else planner(qrun, shift)
+        if plan is not None:
+            new = plan.shift
+            found = None if live is None else live.search(g, plan.q_thr.neg())
+            if found is not None:
+                rows, cols, vals = found
+                w, wr = pair_fn.entry_weights(vals.neg_(), rows, plan)
+            else:
+                w, wr = pair_fn.dense_weights(g, plan)
         else:
-            logit, rho = pair_fn(q.clamp_min_(0.0))
+            logit, rho = pair_fn(g.neg_().clamp_min_(0.0))
             new = torch.maximum(shift, logit.amax(1))
             w = logit.sub_(new[:, None]).clamp_min_(lt).exp_()
-            wr = None if rho is None else (w * rho).sum(1)
+            wr, found = None if rho is None else (w * rho).sum(1), None
         if acc is None:
-            acc = torch.zeros(b, qa.shape[1] + (wr is not None), dtype=x.dtype, device=x.device)
+            acc = torch.zeros(b, width + (wr is not None), dtype=x.dtype, device=x.device)
         _accumulate(acc, shift, new)
-        acc[:, : qa.shape[1]].addmm_(w, blk)
+        if found is not None:
+            live.product_entries(acc[:, :width], found[0], found[1], w, blk, new, plan.gap)
+        else:
+            acc[:, :width].addmm_(w, blk)
         if wr is not None:
             acc[:, -1] += wr
         shift = new
     if acc is None:
         raise ValueError("no training points to stream over; expected at least one")
+    if live is not None:
+        live.finish(acc[:, d])
     sums = acc[:, d : d + 1] if acc.shape[1] == qa.shape[1] else torch.stack([acc[:, d], acc[:, -1]], 1)
     return Partial(shift, sums, acc[:, :d])
 
