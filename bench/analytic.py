@@ -16,6 +16,7 @@ timed interleaved, medians of ``--repeats``; "sparse regime" marks sigma <= medi
 distance / sqrt(d), where the sparse path leaves almost every (query, point) pair out of the second product.
 
     python bench/analytic.py --part variants --n 6000 --repeats 3   # quick
+    python bench/analytic.py --part variants --train mnist01 --no-memory --repeats 9   # NoiseAgnostic vs Empirical
     python bench/analytic.py                                         # both tables, N=20000, d=784, B=256
     python bench/analytic.py --part sweep --write                    # rate vs sigma into RESULTS.md
     python bench/analytic.py --part sweep --data gauss --sigmas 0.5,1,2 --repeats 9   # a few cells
@@ -36,18 +37,25 @@ from typing import Callable
 
 import torch
 
-from _common import PeakMemory, machine, publish, run_child, shared_data, sync, timed
+from _common import PeakMemory, machine, publish, run_child, shared_data, sync
 
-VARIANTS = ("mm", "empirical", "naive", "noise_agnostic_levels", "noise_agnostic_quad")
+VARIANTS = ("mm", "empirical", "naive", "noise_agnostic_levels", "noise_agnostic_per_entry", "noise_agnostic_quad")
+TRAIN = ("uniform", "mnist", "mnist01", "gauss")
+"""Training points of the variants table: uniform [-1, 1], MNIST in [-1, 1] / [0, 1], N(0, I); queries uniform in [-1, 1]."""
 
 
 def make_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
     dev = torch.device(args.device)
     g = torch.Generator().manual_seed(0)
-    if args.mnist:
+    train = "mnist" if args.mnist else args.train
+    if train.startswith("mnist"):
         from scoredyn import data as sdata
 
         data = sdata.load("mnist", root=shared_data(), n=args.n).reshape(args.n, -1)[:, : args.d].contiguous()
+        if train == "mnist01":
+            data = data.add_(1.0).mul_(0.5)
+    elif train == "gauss":
+        data = torch.randn(args.n, args.d, generator=g)
     else:
         data = torch.rand(args.n, args.d, generator=g) * 2 - 1
     x = torch.rand(args.b, args.d, generator=g) * 2 - 1
@@ -80,14 +88,31 @@ def build(name: str, data: torch.Tensor, x: torch.Tensor, args: argparse.Namespa
         levels = torch.exp(torch.linspace(math.log(args.sigma_min), math.log(args.sigma_max), args.levels, dtype=torch.float64))
         model = NoiseAgnostic(data, conditioning="multiplicative", levels=levels, chunk_size=args.chunk)
         return lambda: model.field(x)
+    if name == "noise_agnostic_per_entry":  # the per-entry level windows (the path for small d / non-geometric levels)
+        levels = torch.exp(torch.linspace(math.log(args.sigma_min), math.log(args.sigma_max), args.levels, dtype=torch.float64))
+        model = NoiseAgnostic(data, conditioning="multiplicative", levels=levels, chunk_size=args.chunk)
+        model.field_terms.plan = lambda qmin, shift: None
+        return lambda: model.field(x)
     if name == "noise_agnostic_quad":
         model = NoiseAgnostic(data, sigma_min=args.sigma_min, sigma_max=args.sigma_max, chunk_size=args.chunk)
         return lambda: model.field(x)
     raise ValueError(name)
 
 
-def time_variant(name: str, data: torch.Tensor, x: torch.Tensor, args: argparse.Namespace) -> float:
-    return timed(build(name, data, x, args), args.repeats, device=x.device).median
+def time_variants(names: list[str], data: torch.Tensor, x: torch.Tensor, args: argparse.Namespace) -> dict[str, float]:
+    """Medians of ``args.repeats`` calls per variant, interleaved (the order rotates each repeat) after one warm-up each."""
+    fns = {n: build(n, data, x, args) for n in names}
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(args.repeats):
+        for n in names[i % len(names) :] + names[: i % len(names)]:
+            sync(x.device)
+            t0 = time.perf_counter()
+            fns[n]()
+            sync(x.device)
+            times[n].append(time.perf_counter() - t0)
+    return {n: statistics.median(v) for n, v in times.items()}
 
 
 def memory_child(name: str, args: argparse.Namespace) -> None:
@@ -221,8 +246,10 @@ def main() -> None:
     p.add_argument("--sigma-min", type=float, default=0.01)
     p.add_argument("--sigma-max", type=float, default=50.0)
     p.add_argument("--levels", type=int, default=64)
-    p.add_argument("--mnist", action="store_true", help="use MNIST training images (needs the data folder)")
+    p.add_argument("--mnist", action="store_true", help="use MNIST training images in [-1, 1] (needs the data folder); = --train mnist")
+    p.add_argument("--train", choices=TRAIN, default="uniform", help="training points of the variants table (queries: uniform [-1, 1])")
     p.add_argument("--no-memory", action="store_true", help="skip the per-variant memory subprocesses")
+    p.add_argument("--no-quad", action="store_true", help="leave out the log-uniform quadrature variant (17x slower)")
     p.add_argument("--write", action="store_true", help="write the table into bench/RESULTS.md (## Analytical scores)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--part", choices=("all", "sweep", "variants"), default="all", help="which table(s)")
@@ -244,17 +271,21 @@ def main() -> None:
         return
     data, x = make_data(args)
     flops = 4.0 * args.b * args.n * args.d
-    times = {v: time_variant(v, data, x, args) for v in VARIANTS}
-    mem = {v: (math.nan, "skipped") if args.no_memory else memory(v, args) for v in VARIANTS}
+    variants = [v for v in VARIANTS if v != "noise_agnostic_quad" or not args.no_quad]
+    quick = [v for v in variants if v != "noise_agnostic_quad"]  # interleaved; the 17x slower quadrature alone
+    times = time_variants(quick, data, x, args) | (time_variants(["noise_agnostic_quad"], data, x, args) if not args.no_quad else {})
+    mem = {v: (math.nan, "skipped") if args.no_memory else memory(v, args) for v in variants}
     rate_mm = flops / times["mm"] / 1e9
     lines = []
     lines.append(f"# machine: {machine()}; device {args.device}")
-    lines.append(f"# B={args.b} N={args.n} d={args.d} float32, sigma={args.sigma}, median of {args.repeats}; "
+    train = "mnist" if args.mnist else args.train
+    lines.append(f"# training points: {train}; queries uniform in [-1, 1]")
+    lines.append(f"# B={args.b} N={args.n} d={args.d} float32, sigma={args.sigma}, median of {args.repeats} interleaved; "
           f"NoiseAgnostic: {args.levels} geometric levels / log-uniform quadrature on [{args.sigma_min}, {args.sigma_max}]")
     lines.append(f"# memory: peak extra per call via {mem['empirical'][1]}, fresh subprocess per variant")
     lines.append(f"{'variant':<24}{'time_s':>10}{'GFLOP/s':>10}{'vs_mm':>8}{'vs_empirical':>14}{'extra_MiB':>11}")
     rows = {}
-    for v in VARIANTS:
+    for v in variants:
         rate = flops / times[v] / 1e9
         rows[v] = dict(time_s=times[v], gflops=rate, vs_mm=rate / rate_mm, vs_empirical=times[v] / times["empirical"], extra_mib=mem[v][0])
         lines.append(f"{v:<24}{times[v]:>10.4f}{rate:>10.1f}{rate / rate_mm:>8.2f}{times[v] / times['empirical']:>14.2f}{mem[v][0]:>11.1f}")

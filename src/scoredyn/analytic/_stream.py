@@ -63,6 +63,9 @@ PairFn = Callable[[Tensor], tuple[Tensor, Optional[Tensor]]]
 """Maps squared distances ``q`` (B, c) to logits ``l`` (B, c) and an optional factor ``rho`` (B, c)."""
 
 
+LOG2E = 1.0 / math.log(2.0)
+
+
 def log_floor(dtype: torch.dtype) -> float:
     """The clamp for exponent arguments: ``max(4 log eps, 0.75 log tiny)`` (float32 -63.8, float64 -144).
 
@@ -208,8 +211,16 @@ def stream_logits(x: Tensor, scale: Tensor, blocks: Iterable[Tensor], sparse: Op
     fl = log_floor(x.dtype)
     shift: Optional[Tensor] = None
     acc = torch.zeros_like(qa)  # [wsum, sum, (unused)]
+    g: Optional[Tensor] = None
+    reuse = untracked(qa)  # one logits buffer for all chunks (forward-mode AD has no out= products)
     for blk in blocks:
-        g = qa @ blk.T  # logits minus the current shift (0 before the first block)
+        # logits minus the current shift (0 before the first block)
+        if not reuse:
+            g = qa @ blk.T
+        else:
+            if g is None or g.shape[1] != blk.shape[0]:
+                g = qa.new_empty(b, blk.shape[0])
+            torch.mm(qa, blk.T, out=g)
         top = g.amax(1)
         # the increment of the running maximum; subtracting the row maximum itself makes the largest
         # weight exactly 1 even when the logits are so large that shift + delta rounds
@@ -217,7 +228,9 @@ def stream_logits(x: Tensor, scale: Tensor, blocks: Iterable[Tensor], sparse: Op
         if shift is not None:
             acc.mul_(rescale_factor(-delta, torch.zeros_like(delta))[:, None])
         if live is None or not live.product(acc, g, delta, blk, first=shift is None):
-            acc.addmm_(g.sub_(delta[:, None]).clamp_min_(fl).exp_(), blk)
+            # exp(a) as exp2(a / log 2): exp2 ran 3x faster than exp (profiled), the scaling of the small
+            # argument adds a relative error of a few eps to a weight, as exp's own rounding does
+            acc.addmm_(g.sub_(delta[:, None]).clamp_min_(fl).mul_(LOG2E).exp2_(), blk)
         shift = delta if shift is None else shift + delta
         qa[:, d] = -shift
     if shift is None:
@@ -288,7 +301,7 @@ class _LiveProduct:
     """
 
     def __init__(self, b: int, dtype: torch.dtype, device: torch.device) -> None:
-        self.skip, self.fl, self.dense = log_skip(dtype), log_floor(dtype), False
+        self.skip, self.fl, self.dense, self.seen = log_skip(dtype), log_floor(dtype), False, 0
         self.report = _REPORT.get()
         if self.report is not None:
             self.cum = torch.zeros(b, dtype=torch.float64, device=device)
@@ -320,6 +333,34 @@ class _LiveProduct:
             self.lse = torch.logaddexp(self.lse, left.log() + top_left.double() + self.cum)
         return True
 
+    def search(self, g: Tensor, thr: Tensor) -> Optional[tuple[Tensor, Tensor, Tensor]]:
+        """:func:`live_entries` of ``g`` against ``thr`` (B,) with the dense bookkeeping of :meth:`product`."""
+        rep = self.report
+        if rep is not None:
+            rep.pairs += g.numel()
+        found = None if self.dense else live_entries(g, thr, int(g.numel() * SPARSE_DENSITY))
+        self.seen += 1
+        if found is None:
+            self.dense = self.seen > 1  # as in product(): past the first chunk, dense stays dense
+            if rep is not None:
+                rep.dense += 1
+        return found
+
+    def product_entries(self, acc: Tensor, rows: Tensor, cols: Tensor, vals: Tensor, blk: Tensor, shift: Tensor,
+                        top_left: Tensor) -> None:
+        """``acc += W @ blk`` for the sparse weights ``W[rows, cols] = vals`` (relative to ``exp(shift)``, the
+        running maximum); every left-out weight of row ``r`` is at most ``exp(top_left[r])``."""
+        b, c = acc.shape[0], blk.shape[0]
+        counts = torch.bincount(rows, minlength=b)
+        crow = torch.zeros(b + 1, dtype=torch.long, device=acc.device)
+        torch.cumsum(counts, 0, out=crow[1:])
+        acc.addmm_(_csr(crow, cols, vals, (b, c)), blk)
+        if self.report is not None:
+            self.cum = shift.double()
+            left = (c - counts).double()
+            self.report.skipped += int(left.sum())
+            self.lse = torch.logaddexp(self.lse, left.log() + top_left.double() + self.cum)
+
     def finish(self, total: Tensor) -> None:
         """Record the left-out mass bound against each query's total weight ``total`` (relative to its final shift)."""
         if self.report is not None:
@@ -327,11 +368,18 @@ class _LiveProduct:
             self.report.mass = max(self.report.mass, float(bound.max()))
 
 
-def stream_pairs(x: Tensor, blocks: Iterable[Tensor], pair_fn: PairFn) -> Partial:
+def stream_pairs(x: Tensor, blocks: Iterable[Tensor], pair_fn: PairFn, sparse: Optional[bool] = None) -> Partial:
     """Softmax with logits ``l_i = pair_fn(|x - x_i|^2)``, optionally with a per-pair factor ``rho_i``.
 
     The squared distances come from one matrix product (``|x|^2`` folded in); ``sums`` has a
-    second column ``sum exp(l - shift) rho`` when ``pair_fn`` returns a factor.
+    second column ``sum exp(l - shift) rho`` when ``pair_fn`` returns a factor. A ``pair_fn`` with methods
+    ``plan(q_min, shift)`` (``q_min`` the running smallest squared distance; ``None``: the call above for this chunk), ``dense_weights(-q, plan)`` and
+    ``entry_weights(q, rows, plan)`` (both ``-> (weights, row sums of weights * rho or None)``) computes a
+    chunk's weights itself from a per-query plan (the level windows of
+    :class:`~scoredyn.analytic.noise_agnostic.NoiseAgnostic`): ``plan.shift`` the new running maximum logit,
+    ``plan.q_thr`` beyond which every weight is below ``exp(plan.gap)`` (``<= exp(log_skip)``) relative to
+    it. ``sparse`` (default as in :func:`stream_logits`) then runs the second product over the entries
+    nearer than ``q_thr`` alone where they are few, their weights computed for them only (:func:`skip_report`).
     """
     b, d = x.shape
     lt = log_floor(x.dtype)
@@ -341,20 +389,46 @@ def stream_pairs(x: Tensor, blocks: Iterable[Tensor], pair_fn: PairFn) -> Partia
     qa[:, d + 1] = -2.0
     shift = torch.full((b,), -math.inf, dtype=x.dtype, device=x.device)
     acc: Optional[Tensor] = None
+    planner = getattr(pair_fn, "plan", None)
+    if sparse is None:
+        sparse = x.device.type == "cpu" and b >= SPARSE_MIN_BATCH
+    live = _LiveProduct(b, x.dtype, x.device) if sparse and untracked(qa) and x.dtype in _CSR_DTYPES else None
+    qa.neg_()  # the product gives -|x - x_i|^2: larger is nearer, as the live-entry search expects
+    width = qa.shape[1]
+    qrun: Optional[Tensor] = None
     for blk in blocks:
-        q = (qa @ blk.T).clamp_min_(0.0)
-        logit, rho = pair_fn(q)
+        g = qa @ blk.T
+        if planner is not None:  # the running smallest squared distance: its logit is the running maximum
+            cmin = g.amax(1).neg_().clamp_min_(0.0)
+            qrun = cmin if qrun is None else torch.minimum(qrun, cmin)
+        plan = None if planner is None else planner(qrun, shift)
+        if plan is not None:
+            new = plan.shift
+            found = None if live is None else live.search(g, plan.q_thr.neg())
+            if found is not None:
+                rows, cols, vals = found
+                w, wr = pair_fn.entry_weights(vals.neg_(), rows, plan)
+            else:
+                w, wr = pair_fn.dense_weights(g, plan)
+        else:
+            logit, rho = pair_fn(g.neg_().clamp_min_(0.0))
+            new = torch.maximum(shift, logit.amax(1))
+            w = logit.sub_(new[:, None]).clamp_min_(lt).exp_()
+            wr, found = None if rho is None else (w * rho).sum(1), None
         if acc is None:
-            acc = torch.zeros(b, qa.shape[1] + (rho is not None), dtype=x.dtype, device=x.device)
-        new = torch.maximum(shift, logit.amax(1))
-        w = logit.sub_(new[:, None]).clamp_min_(lt).exp_()
+            acc = torch.zeros(b, width + (wr is not None), dtype=x.dtype, device=x.device)
         _accumulate(acc, shift, new)
-        acc[:, : qa.shape[1]].addmm_(w, blk)
-        if rho is not None:
-            acc[:, -1] += (w * rho).sum(1)
+        if found is not None:
+            live.product_entries(acc[:, :width], found[0], found[1], w, blk, new, plan.gap)
+        else:
+            acc[:, :width].addmm_(w, blk)
+        if wr is not None:
+            acc[:, -1] += wr
         shift = new
     if acc is None:
         raise ValueError("no training points to stream over; expected at least one")
+    if live is not None:
+        live.finish(acc[:, d])
     sums = acc[:, d : d + 1] if acc.shape[1] == qa.shape[1] else torch.stack([acc[:, d], acc[:, -1]], 1)
     return Partial(shift, sums, acc[:, :d])
 
