@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .._checks import Denoiser, Seeds, check_finite, check_seeds, check_state
+from .._checks import Denoiser, Seeds, check_seeds, check_state
 
 Callback = Callable[[dict], Any]
 GridLike = Union[Tensor, Sequence[float]]
