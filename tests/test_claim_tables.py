@@ -51,6 +51,9 @@ def test_conditions_read_as_the_combinators_build_them(tmp_path: Path) -> None:
     ('quantities = ["a"]\nsupported = "a <= 1"\ncolour = "red"\n', "unknown keys ['colour']"),
     ('quantities = ["a"]\n', "missing keys ['supported']"),
     ('quantities = ["a"]\nsupported = "b <= 1"\n', "the criterion uses ['b']"),
+    ('quantities = ["a"]\nsupported = "a >= EIG_RATIO[5]"\n', "index a tuple within its length"),
+    ('quantities = ["a"]\nsupported = "a >= COPY[0]"\n', "index a tuple within its length"),
+    ('quantities = ["a"]\nsupported = "a >= 1"\nnotes = "a set {x}"\n', "write a literal brace as {{"),
 ])
 def test_a_bad_table_is_refused_with_the_claim_and_the_reason(tmp_path: Path, body: str, says: str) -> None:
     with pytest.raises(ValueError) as e:

@@ -414,7 +414,10 @@ class _Parser:
                             "scoredyn.studies.thresholds")
         if (isinstance(n, ast.Subscript) and isinstance(n.value, ast.Name) and n.value.id in self.constants
                 and isinstance(n.slice, ast.Constant) and isinstance(n.slice.value, int)):
-            return float(self.constants[n.value.id][n.slice.value])
+            v = self.constants[n.value.id]
+            if not isinstance(v, tuple) or not -len(v) <= n.slice.value < len(v):
+                raise self.fail(f"{ast.unparse(n)}: threshold {n.value.id} is {v!r}; index a tuple within its length")
+            return float(v[n.slice.value])
         if isinstance(n, ast.BinOp) and type(n.op) in _ARITH:
             return float(_ARITH[type(n.op)](self._number(n.left), self._number(n.right)))
         if isinstance(n, ast.UnaryOp) and isinstance(n.op, ast.USub):
@@ -441,7 +444,14 @@ def load_registry(study: str, path: Optional[Path] = None) -> Registry:
     path = claim_table(study) if path is None else Path(path)
     table = _read_toml(path)
     constants = _thresholds()
-    texts = {k: str(v).format_map(constants) for k, v in table.get("text", {}).items()}
+    def fill(text: Any, where: str, names: Mapping[str, Any]) -> str:
+        try:
+            return str(text).format_map(names)
+        except (KeyError, IndexError, ValueError, AttributeError) as e:
+            raise ValueError(f"{where}: cannot fill in {{...}} in {str(text)[:60]!r} ({type(e).__name__}: {e}); name a "
+                             "threshold or a [text] entry, and write a literal brace as {{ or }}") from None
+
+    texts = {k: fill(v, f"{path.name}: [text] {k}", constants) for k, v in table.get("text", {}).items()}
     fmt = {**constants, **texts}
     reg = Registry(study)
     for i, row in enumerate(table.get("claim", [])):
@@ -451,7 +461,7 @@ def load_registry(study: str, path: Optional[Path] = None) -> Registry:
         if unknown or missing:
             raise ValueError(f"{where}: unknown keys {unknown}, missing keys {missing}; keys are {sorted(_CLAIM_KEYS)}")
         parse = _Parser(where, constants)
-        text = {k: str(row.get(k, "")).format_map(fmt) for k in ("statement", "definitions", "why", "notes")}
+        text = {k: fill(row.get(k, ""), where, fmt) for k in ("statement", "definitions", "why", "notes")}
         criterion = Criterion(
             parse.test(row["supported"]),
             not_supported=parse.test(row["not_supported"]) if "not_supported" in row else None,
